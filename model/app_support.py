@@ -1,0 +1,160 @@
+"""Numerical helpers for the web app: bucketed generation, per-character scores, live training.
+
+The app serves requests of any length from a few compiled shapes: inputs are
+padded to a power of two of at least `MIN_BUCKET` characters, so a prefix or a
+pasted text of up to 16,384 characters needs at most nine compilations per
+model config. Causal models ignore padding after the real characters.
+
+Shapes: P = padded length, N = real characters, V = vocab_size.
+"""
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model.batching import epoch_batches
+from model.config import ModelConfig, TrainConfig
+from model.data import Corpus, Vocab
+from model.rnn import build_model, zero_carry
+from model.sampling import Sample, generate_ids, prepare_prefix, sample
+from model.train_lib import (NonFiniteLossError, Score, create_state, evaluate, make_optimizer,
+                             make_train_chunk)
+from model.trainer import epoch_rng
+
+MIN_BUCKET = 64  # the smallest padded length, in characters
+
+
+def bucket_size(length: int) -> int:
+    """Return the smallest power of two that is >= `length` and >= MIN_BUCKET."""
+    return max(MIN_BUCKET, 1 << max(0, length - 1).bit_length())
+
+
+def pad_ids(ids: np.ndarray) -> np.ndarray:
+    """Pad int32 ids (N,) with zeros to (bucket_size(N),)."""
+    padded = np.zeros(bucket_size(len(ids)), np.int32)  # (P,)
+    padded[:len(ids)] = ids
+    return padded
+
+
+def generate(params, config: ModelConfig, vocab: Vocab, preprocess_mode: str,
+             prefix: str | None, num_chars: int, *, seed: int, temperature: float,
+             top_k: int, top_p: float = 1.0) -> Sample:
+    """Generate like `model.sampling.sample`, padding the prefix to a power-of-two bucket."""
+    prepared = prepare_prefix(prefix, vocab, preprocess_mode)
+    ids = vocab.encode(prepared.primer)  # (N,)
+    new_ids, log_probs = generate_ids(
+        params, config, pad_ids(ids), jnp.int32(len(ids)), jax.random.PRNGKey(seed),
+        jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), num_chars=num_chars)
+    return Sample(prepared, vocab.decode(np.asarray(new_ids)), np.asarray(log_probs))
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def sequence_log_probs(params, config: ModelConfig, ids):
+    """Return the log-softmax of the logits after every character of ids int32 (P,): (P, V)."""
+    _, logits = build_model(config).apply({"params": params}, ids[None, :])  # (1, P, V)
+    return jax.nn.log_softmax(logits[0])  # (P, V)
+
+
+def next_char_logits(params, config: ModelConfig, ids: np.ndarray) -> np.ndarray:
+    """Return the float32 logits (V,) for the character after ids (N,), N >= 1.
+
+    They are log-softmax normalized, which changes no probability after any
+    temperature or top-k cutoff.
+    """
+    log_probs = sequence_log_probs(params, config, pad_ids(ids))  # (P, V)
+    return np.asarray(log_probs[len(ids) - 1])
+
+
+def char_log_probs(params, config: ModelConfig, ids: np.ndarray) -> np.ndarray:
+    """Return the natural-log probability of ids[1:] given the characters before each: (N - 1,).
+
+    The carry runs through the whole text, as `train_lib.evaluate` does on the
+    "full" split, so exp(-mean) is that function's perplexity.
+    """
+    log_probs = np.asarray(sequence_log_probs(params, config, pad_ids(ids)))  # (P, V)
+    return log_probs[np.arange(len(ids) - 1), ids[1:]]  # (N - 1,)
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveUpdate:
+    """The state of a live training run, reported after every fused chunk of steps."""
+
+    epochs_done: int
+    steps_done: int  # optimizer steps taken in the current epoch
+    steps_per_epoch: int
+    history: tuple  # one dict per finished epoch, with the keys of a checkpoint's history
+    sample: str | None  # text sampled after the last finished epoch
+    elapsed: float  # seconds since the run started, compilation included
+    timed_out: bool  # True on the last update of a run stopped by the time limit
+    params: dict | None = None  # the parameters after the last finished epoch
+
+
+def live_batches(corpus: Corpus, config: TrainConfig, epoch: int):
+    """Return one epoch's batches, cut to a whole number of fused chunks.
+
+    NOTE: a shorter last chunk would need its own compilation, which costs more
+    than the few batches (fewer than steps_per_call) left out each epoch.
+    """
+    batches = epoch_batches(corpus.train, config.batching, config.split, config.batch_size,
+                            config.num_steps, epoch_rng(config.seed, epoch))
+    usable = len(batches) // config.steps_per_call * config.steps_per_call
+    return batches, max(usable, config.steps_per_call)
+
+
+def train_live(model_config: ModelConfig, config: TrainConfig, corpus: Corpus, *,
+               time_limit: float, sample_prefix: str, sample_chars: int = 80,
+               sample_temperature: float = 0.7) -> Iterator[LiveUpdate]:
+    """Train from scratch without checkpoints, yielding a `LiveUpdate` after every chunk.
+
+    Closing the generator stops the run at the next chunk boundary. The run also
+    stops, with `timed_out` set on its last update, once `time_limit` seconds
+    have passed. The corpus needs at least steps_per_call batches per epoch.
+    """
+    batches, usable = live_batches(corpus, config, 0)
+    if len(batches) < config.steps_per_call:
+        raise ValueError(f"the training text gives {len(batches)} batches per epoch; "
+                         f"at least {config.steps_per_call} are needed")
+    tx = make_optimizer(config, usable)
+    state = create_state(model_config, config, tx)
+    train_chunk = make_train_chunk(model_config, tx, carry_over=batches.carry_over)
+    history, text, started = [], None, time.perf_counter()
+
+    for epoch in range(config.epochs):
+        batches, usable = live_batches(corpus, config, epoch)
+        carry = zero_carry(model_config, config.batch_size)
+        loss_sum, count, epoch_start = 0.0, 0.0, time.perf_counter()
+
+        # Fused train steps; report after each chunk so a cancel takes effect quickly.
+        for begin in range(0, usable, config.steps_per_call):
+            end = begin + config.steps_per_call
+            state, carry, metrics = train_chunk(state, carry, batches.inputs[begin:end],
+                                                batches.targets[begin:end],
+                                                batches.mask[begin:end])
+            loss_sum += float(jnp.sum(metrics["loss_sum"]))
+            count += float(jnp.sum(metrics["count"]))
+            if not math.isfinite(loss_sum):
+                raise NonFiniteLossError(f"the training loss became {loss_sum} in epoch {epoch + 1}")
+            elapsed = time.perf_counter() - started
+            timed_out = elapsed > time_limit
+            yield LiveUpdate(epoch, end, usable, tuple(history), text, elapsed, timed_out)
+            if timed_out:
+                return
+
+        # Evaluate on the validation part and sample.
+        val = evaluate(state.params, model_config, corpus.val, config.split, config.num_steps)
+        train = Score(loss_sum / max(count, 1.0), int(count))
+        history.append({"epoch": epoch + 1, "step": int(state.step),
+                        "train_perplexity": train.perplexity, "val_perplexity": val.perplexity,
+                        "val_bits_per_char": val.bits_per_char,
+                        "chars_per_sec": count / (time.perf_counter() - epoch_start),
+                        "wall_time": time.perf_counter() - started})
+        text = sample(state.params, model_config, corpus.vocab, config.preprocess, sample_prefix,
+                      sample_chars, seed=0, temperature=sample_temperature).text
+        yield LiveUpdate(epoch + 1, usable, usable, tuple(history), text,
+                         time.perf_counter() - started, False, state.params)

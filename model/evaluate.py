@@ -1,0 +1,76 @@
+"""Score a checkpoint on the validation or test part of a corpus.
+
+    python -m model.evaluate --checkpoint checkpoints/lstm --data ../shared/data/timemachine.txt
+
+The corpus is rebuilt with the checkpoint's own preprocessing, vocabulary and
+split. On the `full` split the part is read as one continuous stream with the
+carry passed from window to window; on the `d2l` split each of the book's
+validation windows starts from a zero carry and the loss is averaged over them.
+"""
+
+import argparse
+import json
+import logging
+import sys
+
+from model.checkpoint import CheckpointError
+from model.data import CorpusError, build_corpus, find_corpus, read_corpus
+from model.pretrained import load
+from model.train_lib import Score, evaluate
+
+log = logging.getLogger("evaluate")
+
+
+def score_checkpoint(pretrained, text: str, split_part: str) -> Score:
+    """Score the `split_part` ("val" or "test") of `text` with a loaded model."""
+    config = pretrained.train_config
+    corpus = build_corpus(text, config.preprocess, config.split, config.num_steps,
+                          vocab=pretrained.vocab)
+    ids = corpus.val if split_part == "val" else corpus.test
+    if len(ids) < 2:
+        raise CorpusError(f"the {split_part} part of the {config.split} split is empty for this "
+                          "corpus; use --split val")
+    return evaluate(pretrained.params, pretrained.model_config, ids, config.split,
+                    config.num_steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Print perplexity and bits per character of a checkpoint on a corpus split.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    parser.add_argument("--data", help="UTF-8 text file; default: the Time Machine from the cache "
+                                       "(downloaded if missing)")
+    parser.add_argument("--data-dir", help="cache folder for the Time Machine")
+    parser.add_argument("--split", choices=("val", "test"), default="test",
+                        help="which part of the checkpoint's split to score")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object with perplexity, bits_per_char, num_chars")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", force=True)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        pretrained = load(args.checkpoint)
+        score = score_checkpoint(pretrained, read_corpus(find_corpus(args.data, args.data_dir)),
+                                 args.split)
+    except (CheckpointError, CorpusError) as error:
+        log.error("%s", error)
+        return 1
+    result = {"perplexity": score.perplexity, "bits_per_char": score.bits_per_char,
+              "num_chars": score.num_chars, "split": args.split,
+              "checkpoint": str(pretrained.directory), "step": pretrained.step}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{pretrained.name} (step {pretrained.step}) on the {args.split} part: perplexity "
+              f"{score.perplexity:.3f}, {score.bits_per_char:.3f} bits per character, "
+              f"{score.num_chars:,} characters")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Load a trained model from its checkpoint directory alone (no corpus needed)."""
+
+import dataclasses
+import pathlib
+
+from model import checkpoint
+from model.config import ModelConfig, TrainConfig, from_dict
+from model.data import Vocab
+from model.rnn import init_params, zero_carry
+from model.train_lib import create_state, make_optimizer
+from model.trainer import state_tree
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A restored model: its parameters plus everything needed to use them."""
+
+    directory: pathlib.Path
+    step: int
+    model_config: ModelConfig
+    train_config: TrainConfig
+    vocab: Vocab
+    params: dict
+    meta: dict
+
+    @property
+    def preprocess(self) -> str:
+        return self.train_config.preprocess
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    def untrained_params(self) -> dict:
+        """The same network at step 0: re-initialized from the run's seed."""
+        return init_params(self.model_config, self.train_config.seed)
+
+
+def load(directory, which: str = "best") -> Pretrained:
+    """Restore the "best" (default) or "latest" checkpoint of `directory` onto the CPU."""
+    directory = pathlib.Path(directory).expanduser().resolve()
+    manager = checkpoint.open_manager(directory, read_only=True)
+    try:
+        step = checkpoint.choose_step(manager, which)
+        meta = checkpoint.restore_meta(manager, step)
+        try:
+            model_config = from_dict(ModelConfig, meta["model_config"])
+            train_config = from_dict(TrainConfig, meta["train_config"])
+            vocab = Vocab(tuple(meta["vocab"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise checkpoint.CheckpointError(
+                f"the metadata of step {step} in {directory} is incomplete or invalid: {error}"
+            ) from error
+        tx = make_optimizer(train_config, steps_per_epoch=1)
+        target = state_tree(create_state(model_config, train_config, tx),
+                            zero_carry(model_config, train_config.batch_size), 0, 0)
+        state = checkpoint.restore_state(manager, step, target)
+    finally:
+        manager.close()
+    return Pretrained(directory=directory, step=step, model_config=model_config,
+                      train_config=train_config, vocab=vocab, params=state["params"], meta=meta)

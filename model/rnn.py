@@ -1,0 +1,88 @@
+"""The recurrent language model: one-hot characters -> stacked recurrent layers -> logits.
+
+One scaffold serves every cell: `rnn` (`nn.SimpleCell`, a tanh RNN), `gru`
+(`nn.GRUCell`) and `lstm` (`nn.LSTMCell`). Each layer is `nn.scan` over its cell
+along the time axis. `scratch` is the same tanh RNN written with explicit
+weights (see `model/scratch.py`).
+
+Shapes: B = batch_size, T = num_steps, V = vocab_size, H = num_hiddens.
+Arrays are batch-major, (B, T) at every public boundary. The carry is a tuple
+with one entry per layer: `h` (B, H) for rnn and gru, `(c, h)` for lstm.
+Naming: this project says `num_hiddens` as the d2l book does; Flax cells call
+the same number `features`, and `make_cell` is the one place that converts.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from model.config import ModelConfig
+from model.scratch import ScratchRNNLM
+
+CELL_CLASSES = {"rnn": nn.SimpleCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}
+
+
+def zero_carry(config: ModelConfig, batch_size: int) -> tuple:
+    """Return the all-zeros carry for `batch_size` sequences, one entry per layer."""
+    def zeros():
+        return jnp.zeros((batch_size, config.num_hiddens), jnp.float32)  # (B, H)
+
+    # Distinct arrays per entry, so a jitted call can donate each buffer once.
+    return tuple((zeros(), zeros()) if config.cell == "lstm" else zeros()
+                 for _ in range(config.num_layers))
+
+
+class RNNLM(nn.Module):
+    """Character-level language model over a Flax recurrent cell."""
+
+    config: ModelConfig
+    unroll: int = 1  # time steps per scan iteration; a speed knob with identical results
+
+    @nn.compact
+    def __call__(self, inputs, carry=None, *, deterministic: bool = True):
+        """Run the model over a batch of character ids.
+
+        Args:
+          inputs: int32 (B, T) character ids.
+          carry: the per-layer carry to start from; None means zeros.
+          deterministic: False applies dropout (needs a "dropout" rng).
+
+        Returns:
+          (carry, logits): the carry after the last step and float32 logits (B, T, V).
+        """
+        config = self.config
+        if carry is None:
+            carry = zero_carry(config, inputs.shape[0])
+        x = jax.nn.one_hot(inputs, config.vocab_size)  # (B, T, V)
+        new_carry = []
+        x = nn.Dropout(config.input_dropout)(x, deterministic=deterministic)
+        for layer in range(config.num_layers):
+            if layer > 0:
+                x = nn.Dropout(config.dropout)(x, deterministic=deterministic)
+            scan = nn.scan(CELL_CLASSES[config.cell], variable_broadcast="params",
+                           split_rngs={"params": False}, in_axes=1, out_axes=1,
+                           unroll=self.unroll)
+            layer_carry, x = scan(features=config.num_hiddens, name=f"layer{layer}")(
+                carry[layer], x)  # x: (B, T, H)
+            new_carry.append(layer_carry)
+        x = nn.Dropout(config.dropout)(x, deterministic=deterministic)
+        logits = nn.Dense(config.vocab_size, name="head")(x)  # (B, T, V)
+        return tuple(new_carry), logits
+
+
+def build_model(config: ModelConfig, unroll: int = 1) -> nn.Module:
+    """Return the Flax module for `config.cell`."""
+    if config.cell == "scratch":
+        return ScratchRNNLM(config)
+    return RNNLM(config, unroll=unroll)
+
+
+def init_params(config: ModelConfig, seed: int) -> dict:
+    """Initialize parameters deterministically from `seed` (the untrained model of a run)."""
+    model = build_model(config)
+    dummy = jnp.zeros((1, 1), jnp.int32)
+    return model.init(jax.random.PRNGKey(seed), dummy)["params"]
+
+
+def count_params(params) -> int:
+    return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))

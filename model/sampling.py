@@ -1,0 +1,153 @@
+"""Text generation: warm the carry up on a prefix, then sample with `lax.scan`.
+
+`generate_ids` is one pure jitted function. It compiles once per (padded
+prefix length, num_chars) shape: prefixes are padded to a bucket of
+`PREFIX_BUCKET` characters and the padding steps leave the carry unchanged.
+Temperature, top-k and top-p are traced values, so changing them never
+recompiles.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model.config import ModelConfig
+from model.data import Vocab, preprocess
+from model.rnn import build_model, zero_carry
+
+PREFIX_BUCKET = 64  # prefixes are padded up to a multiple of this many characters
+
+
+def _filter_logits(logits, top_k, top_p):
+    """Mask logits (V,) outside the top-k set and outside the top-p nucleus with -inf."""
+    vocab_size = logits.shape[-1]
+    descending = jnp.sort(logits)[::-1]  # (V,)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab_size), vocab_size)
+    kth_largest = descending[k - 1]
+    logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+
+    # Nucleus: keep the smallest set of most likely characters whose mass reaches top_p.
+    probs = jax.nn.softmax(jnp.sort(logits)[::-1])  # (V,), descending
+    mass_before = jnp.cumsum(probs) - probs
+    keep = mass_before < top_p
+    threshold = jnp.min(jnp.where(keep, jnp.sort(logits)[::-1], jnp.inf))
+    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def _next_char(logits, key, temperature, top_k, top_p):
+    """Pick one character id from logits (V,): argmax at temperature 0, else sample."""
+    greedy = jnp.argmax(logits)
+    safe_temperature = jnp.where(temperature > 0, temperature, 1.0)
+    scaled = _filter_logits(logits / safe_temperature, top_k, top_p)
+    sampled = jax.random.categorical(key, jax.nn.log_softmax(scaled))
+    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_chars"))
+def generate_ids(params, config: ModelConfig, prefix_ids, prefix_len, key, temperature,
+                 top_k, top_p, *, num_chars: int):
+    """Generate `num_chars` ids after a prefix, for one sequence.
+
+    Args:
+      params: model parameters.
+      config: the model's config (static).
+      prefix_ids: int32 (P,) prefix ids, padded after `prefix_len` (P is the bucket size).
+      prefix_len: int32 scalar, 1 <= prefix_len <= P.
+      key: PRNG key; the same key gives the same text.
+      temperature: float scalar; 0 is greedy, < 1 sharpens, 1 leaves the model's distribution.
+      top_k: int32 scalar; 0 disables the cutoff.
+      top_p: float scalar in (0, 1]; 1 disables the nucleus cutoff.
+      num_chars: number of characters to generate (static).
+
+    Returns:
+      (ids int32 (num_chars,), log_probs float32 (num_chars,)): the generated ids and the
+      log-probability the model (at temperature 1, before any cutoff) gave each of them.
+    """
+    model = build_model(config)
+
+    def step(carry, char_id):  # char_id: int32 scalar
+        carry, logits = model.apply({"params": params}, char_id.reshape(1, 1), carry)
+        return carry, logits[0, 0]  # (V,)
+
+    # Warm up on the prefix; padding steps (t >= prefix_len) keep the previous carry.
+    def warm(state, inputs):
+        carry, last_logits = state
+        t, char_id = inputs
+        new_carry, logits = step(carry, char_id)
+        active = t < prefix_len
+        carry = jax.tree_util.tree_map(lambda new, old: jnp.where(active, new, old),
+                                       new_carry, carry)
+        return (carry, jnp.where(active, logits, last_logits)), None
+
+    start = (zero_carry(config, 1), jnp.zeros((config.vocab_size,), jnp.float32))
+    positions = jnp.arange(prefix_ids.shape[0])
+    (carry, logits), _ = jax.lax.scan(warm, start, (positions, prefix_ids))
+
+    def sample(state, key):
+        carry, logits = state
+        char_id = _next_char(logits, key, temperature, top_k, top_p)
+        log_prob = jax.nn.log_softmax(logits)[char_id]
+        carry, logits = step(carry, char_id)
+        return (carry, logits), (char_id, log_prob)
+
+    keys = jax.random.split(key, num_chars)
+    _, (ids, log_probs) = jax.lax.scan(sample, (carry, logits), keys)
+    return ids, log_probs
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedPrefix:
+    """A prefix as the model sees it."""
+
+    text: str  # after the checkpoint's preprocessing, with unknown characters removed
+    removed: str  # distinct characters that were not in the vocabulary
+    primer: str  # what the carry is warmed up on: `text`, or one boundary character if empty
+
+
+def prepare_prefix(prefix: str | None, vocab: Vocab, preprocess_mode: str) -> PreparedPrefix:
+    """Normalize a user prefix for a model; never raises on odd characters.
+
+    An empty prefix (or one that is empty after normalization) starts the model
+    from a fresh boundary: it is warmed up on one newline or space, which is not
+    part of the returned text.
+    """
+    text = preprocess(prefix or "", preprocess_mode)
+    removed = vocab.unknown(text)
+    if removed:
+        text = "".join(char for char in text if char in vocab)
+    primer = text if text else vocab.boundary_char()
+    return PreparedPrefix(text=text, removed=removed, primer=primer)
+
+
+def pad_prefix(ids: np.ndarray) -> np.ndarray:
+    """Pad ids (n,) with zeros to the next multiple of PREFIX_BUCKET."""
+    size = max(PREFIX_BUCKET, -(-len(ids) // PREFIX_BUCKET) * PREFIX_BUCKET)
+    padded = np.zeros(size, np.int32)
+    padded[:len(ids)] = ids
+    return padded
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    prefix: PreparedPrefix
+    text: str  # the generated characters only
+    log_probs: np.ndarray  # float32 (num_chars,), natural log
+
+
+def sample(params, config: ModelConfig, vocab: Vocab, preprocess_mode: str, prefix: str | None,
+           num_chars: int, *, seed: int = 0, temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0) -> Sample:
+    """Generate `num_chars` characters after `prefix`; the same seed gives the same text."""
+    if num_chars < 0:
+        raise ValueError(f"num_chars must be 0 or more, got {num_chars}")
+    prepared = prepare_prefix(prefix, vocab, preprocess_mode)
+    if num_chars == 0:
+        return Sample(prepared, "", np.zeros(0, np.float32))
+    ids = vocab.encode(prepared.primer)
+    ids, log_probs = generate_ids(
+        params, config, pad_prefix(ids), jnp.int32(len(ids)), jax.random.PRNGKey(seed),
+        jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), num_chars=num_chars)
+    return Sample(prepared, vocab.decode(np.asarray(ids)), np.asarray(log_probs))

@@ -1,0 +1,92 @@
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from model import checkpoint, pretrained
+from model.config import ModelConfig, TrainConfig
+from model.data import build_corpus
+from model.trainer import fit
+
+TRAIN = TrainConfig(batch_size=4, num_steps=16, optimizer="adam", lr=1e-2, epochs=2,
+                    steps_per_call=4, sample_every=0)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, corpus_text):
+    directory = tmp_path_factory.mktemp("ckpt") / "lstm"
+    corpus = build_corpus(corpus_text[:6_000], "d2l", "full", TRAIN.num_steps)
+    config = ModelConfig(vocab_size=len(corpus.vocab), cell="lstm", num_hiddens=8)
+    result = fit(config, TRAIN, corpus, checkpoint_dir=directory, progress=False)
+    return directory, config, corpus, result
+
+
+def test_round_trip_is_exact(run):
+    directory, config, corpus, result = run
+    loaded = pretrained.load(directory, which="latest")
+    for saved, restored in zip(jax.tree_util.tree_leaves(result.state.params),
+                               jax.tree_util.tree_leaves(loaded.params)):
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(restored))
+    assert loaded.model_config == config
+    assert loaded.train_config == TRAIN
+    assert loaded.vocab == corpus.vocab
+
+
+def test_restored_arrays_live_on_cpu(run):
+    loaded = pretrained.load(run[0])
+    devices = {leaf.devices().pop().platform for leaf in jax.tree_util.tree_leaves(loaded.params)}
+    assert devices == {"cpu"}
+
+
+def test_metadata_stands_alone(run):
+    directory = run[0]
+    step = max(int(path.name) for path in directory.iterdir() if path.name.isdigit())
+    meta = json.loads((directory / str(step) / "meta" / "metadata").read_text())
+    assert meta["model_config"]["cell"] == "lstm"
+    assert meta["train_config"]["batch_size"] == 4
+    assert "".join(meta["vocab"]) == "".join(run[2].vocab.chars)
+    assert meta["preprocess"] == "d2l"
+    assert [record["epoch"] for record in meta["history"]] == [1, 2]
+    assert {"train_perplexity", "val_perplexity", "wall_time"} <= set(meta["history"][0])
+    assert meta["versions"]["jax"] == jax.__version__
+    assert meta["finished"] is True
+
+
+def test_keeps_latest_and_best(tmp_path, corpus_text):
+    corpus = build_corpus(corpus_text[:6_000], "d2l", "full", 16)
+    config = ModelConfig(vocab_size=len(corpus.vocab), cell="rnn", num_hiddens=8)
+    fit(config, dataclasses.replace(TRAIN, epochs=4), corpus, checkpoint_dir=tmp_path,
+        progress=False)
+    manager = checkpoint.open_manager(tmp_path, read_only=True)
+    steps = manager.all_steps()
+    assert manager.latest_step() in steps
+    assert manager.best_step() in steps
+    assert 1 <= len(steps) <= 2
+
+
+def test_untrained_params_are_the_initialization(run):
+    from model.rnn import init_params
+    loaded = pretrained.load(run[0])
+    expected = init_params(loaded.model_config, loaded.train_config.seed)
+    for a, b in zip(jax.tree_util.tree_leaves(expected),
+                    jax.tree_util.tree_leaves(loaded.untrained_params())):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_missing_directory_is_named(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="not found"):
+        pretrained.load(tmp_path / "nothing-here")
+
+
+def test_empty_directory_is_named(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint"):
+        pretrained.load(tmp_path)
+
+
+def test_save_rejects_non_finite(tmp_path):
+    manager = checkpoint.open_manager(tmp_path)
+    with pytest.raises(ValueError, match="val perplexity nan"):
+        checkpoint.save(manager, 1, {"x": np.zeros(2)}, {}, float("nan"))
+    manager.close()

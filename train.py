@@ -1,0 +1,197 @@
+"""Train a character-level RNN language model and write Orbax checkpoints.
+
+    python train.py                      # refresh checkpoints/lstm with the default preset
+    python train.py --cell gru           # the same for the GRU (checkpoints/gru)
+    python train.py --preset d2l         # the book's RNN settings (checkpoints/rnn-d2l)
+    python train.py --data my.txt --preprocess raw --checkpoint-dir runs/mine
+"""
+
+import argparse
+import dataclasses
+import logging
+import pathlib
+import shutil
+import sys
+
+from model import checkpoint
+from model.config import (BATCHINGS, CELLS, D2L_PRESET, OPTIMIZERS, PREPROCESS_MODES, SPLITS,
+                          ModelConfig, TrainConfig)
+from model.data import CorpusError, build_corpus, find_corpus, read_corpus
+from model.train_lib import NonFiniteLossError
+from model.trainer import ConfigMismatchError, fit
+
+log = logging.getLogger("train")
+ROOT = pathlib.Path(__file__).resolve().parent
+
+# The shipped weights: per-cell settings chosen on the Time Machine's validation part.
+DEFAULT_PRESET = {
+    "rnn": dict(num_hiddens=512, num_layers=1, dropout=0.3, lr=2e-3, epochs=40),
+    "gru": dict(num_hiddens=512, num_layers=1, dropout=0.3, lr=2e-3, epochs=40),
+    "lstm": dict(num_hiddens=512, num_layers=1, dropout=0.3, lr=2e-3, epochs=40),
+    "scratch": dict(num_hiddens=256, num_layers=1, dropout=0.0, lr=2e-3, epochs=20),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train a character-level RNN, GRU or LSTM language model. Flags left out "
+                    "take their value from --preset; the defaults shown are those of the "
+                    "default preset for the LSTM.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--preset", choices=("default", "d2l"), default="default",
+                        help="starting settings: 'default' trains the shipped weights, 'd2l' "
+                             "the book's RNN (hidden 32, batch 1024, 32 steps, SGD lr 1, "
+                             "clip 1, 100 epochs, d2l preprocessing and split)")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", help="UTF-8 text file to train on; default: the Time Machine "
+                                     "from --data-dir, downloaded there if missing")
+    data.add_argument("--data-dir", help="cache folder for the downloaded Time Machine "
+                                         "(default: ~/.cache/concise_rnn)")
+    data.add_argument("--preprocess", choices=PREPROCESS_MODES,
+                      help="'d2l': lowercase letters and single spaces; 'raw': text as it is "
+                           "(default: d2l)")
+    data.add_argument("--split", choices=SPLITS,
+                      help="'full': 90%%/5%%/5%% train/val/test; 'd2l': the book's 10,000 "
+                           "training and 5,000 validation windows (default: full)")
+    data.add_argument("--batching", choices=BATCHINGS,
+                      help="'sequential': contiguous rows, carry passed between batches; "
+                           "'random': shuffled windows from a zero carry (default: sequential)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--cell", choices=CELLS,
+                       help="recurrent cell; 'scratch' is the hand-written tanh RNN "
+                            "(default: lstm, or rnn with --preset d2l)")
+    model.add_argument("--num-hiddens", type=int, help="hidden units per layer (default: 512)")
+    model.add_argument("--num-layers", type=int, help="stacked recurrent layers (default: 1)")
+    model.add_argument("--dropout", type=float,
+                       help="drop probability between stacked layers and on the last layer's "
+                            "output, 0 = off (default: 0.5)")
+    model.add_argument("--input-dropout", type=float,
+                       help="drop probability of each input character, 0 = off (default: 0)")
+
+    optim = parser.add_argument_group("optimization")
+    optim.add_argument("--batch-size", type=int, help="sequences per step (default: 32)")
+    optim.add_argument("--num-steps", type=int,
+                       help="characters per training sequence (default: 128)")
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default: adamw)")
+    optim.add_argument("--lr", type=float, help="peak learning rate (default: 0.002)")
+    optim.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                       help="'cosine': linear warm-up for --warmup-epochs, then cosine decay "
+                            "to lr x 0.02 at the last epoch (default: cosine)")
+    optim.add_argument("--warmup-epochs", type=float, help="warm-up length in epochs (default: 1)")
+    optim.add_argument("--weight-decay", type=float,
+                       help="decoupled weight decay per step, adamw only, 0 = off "
+                            "(default: 0.1)")
+    optim.add_argument("--grad-clip", type=float,
+                       help="maximum global gradient norm, 0 = no clipping (default: 1.0)")
+    optim.add_argument("--epochs", type=int, help="passes over the training text (default: 40)")
+    optim.add_argument("--patience", type=int,
+                       help="stop after this many epochs without a better validation "
+                            "perplexity, 0 = never (default: 0)")
+    optim.add_argument("--seed", type=int, help="seed for initialization, dropout and batch "
+                                                "order (default: 0)")
+    optim.add_argument("--steps-per-call", type=int,
+                       help="optimizer steps fused into one jitted call (default: 8)")
+
+    output = parser.add_argument_group("checkpoints and logging")
+    output.add_argument("--checkpoint-dir",
+                        help="where checkpoints go (default: checkpoints/<cell>, or "
+                             "checkpoints/rnn-d2l with --preset d2l)")
+    output.add_argument("--resume", action="store_true",
+                        help="continue the run in --checkpoint-dir from its latest checkpoint")
+    output.add_argument("--overwrite", action="store_true",
+                        help="delete an unfinished run in --checkpoint-dir and start over")
+    output.add_argument("--sample-every", type=int,
+                        help="epochs between greedy samples in the log, 0 = never (default: 5)")
+    output.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
+MODEL_FLAGS = ("num_hiddens", "num_layers", "dropout", "input_dropout")
+TRAIN_FLAGS = ("batch_size", "num_steps", "optimizer", "lr", "lr_schedule", "warmup_epochs",
+               "weight_decay", "grad_clip", "epochs", "patience", "seed", "steps_per_call",
+               "preprocess", "split", "batching", "sample_every")
+
+
+def resolve_settings(args) -> tuple[str, dict, TrainConfig]:
+    """Merge the preset with the flags given explicitly (flags win).
+
+    Returns the cell, the model settings other than vocab_size, and the train config.
+    """
+    cell = args.cell or ("rnn" if args.preset == "d2l" else "lstm")
+    values = dict(D2L_PRESET) if args.preset == "d2l" else dict(DEFAULT_PRESET[cell])
+    for name in MODEL_FLAGS + TRAIN_FLAGS:
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    model_values = {name: values.pop(name) for name in MODEL_FLAGS if name in values}
+    return cell, model_values, TrainConfig(**values)
+
+
+def default_directory(args, cell: str) -> pathlib.Path:
+    if args.checkpoint_dir:
+        return pathlib.Path(args.checkpoint_dir).expanduser().resolve()
+    return ROOT / "checkpoints" / (f"{cell}-d2l" if args.preset == "d2l" else cell)
+
+
+def prepare_directory(directory: pathlib.Path, resume: bool, overwrite: bool) -> None:
+    """Make way for a new run in `directory`, never discarding unfinished work silently.
+
+    A finished run is moved to `<directory>.previous`; an unfinished one needs
+    --resume (continue it) or --overwrite (discard it).
+    """
+    if resume or not directory.is_dir() or not any(directory.iterdir()):
+        return
+    if overwrite:
+        log.info("--overwrite: deleting %s", directory)
+        shutil.rmtree(directory)
+        return
+    manager = checkpoint.open_manager(directory, read_only=True)
+    try:
+        step = checkpoint.choose_step(manager, "latest")
+        meta = checkpoint.restore_meta(manager, step)
+    finally:
+        manager.close()
+    if not meta.get("finished"):
+        done = len(meta.get("history", []))
+        total = meta.get("train_config", {}).get("epochs", "?")
+        raise checkpoint.CheckpointError(
+            f"{directory} holds an unfinished run ({done} of {total} epochs); pass --resume to "
+            "continue it or --overwrite to discard it")
+    backup = directory.with_name(directory.name + ".previous")
+    if backup.exists():
+        shutil.rmtree(backup)
+    directory.rename(backup)
+    log.info("%s held a finished run; moved it to %s", directory, backup)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        cell, model_values, train_config = resolve_settings(args)
+        directory = default_directory(args, cell)
+        text = read_corpus(find_corpus(args.data, args.data_dir))
+        corpus = build_corpus(text, train_config.preprocess, train_config.split,
+                              train_config.num_steps)
+        model_config = ModelConfig(vocab_size=len(corpus.vocab), cell=cell, **model_values)
+        prepare_directory(directory, args.resume, args.overwrite)
+        log.info("checkpoints: %s", directory)
+        result = fit(model_config, train_config, corpus, checkpoint_dir=directory,
+                     resume=args.resume, progress=not args.no_progress)
+    except ValueError as error:
+        log.error("invalid setting: %s", error)
+        return 2
+    except (CorpusError, checkpoint.CheckpointError, ConfigMismatchError,
+            NonFiniteLossError) as error:
+        log.error("%s", error)
+        return 1
+    log.info("done: best val perplexity %.3f after %d epochs; checkpoints in %s",
+             result.best_val_perplexity, len(result.history), directory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
