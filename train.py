@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import pathlib
 import shutil
+import signal
 import sys
 
 from model import checkpoint
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "output, 0 = off (default: 0.5)")
     model.add_argument("--input-dropout", type=float,
                        help="drop probability of each input character, 0 = off (default: 0)")
+    model.add_argument("--recurrent-dropout", type=float,
+                       help="drop probability of each hidden unit fed back into the cell, one "
+                            "mask per sequence, 0 = off (default: 0)")
 
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--batch-size", type=int, help="sequences per step (default: 32)")
@@ -108,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-MODEL_FLAGS = ("num_hiddens", "num_layers", "dropout", "input_dropout")
+MODEL_FLAGS = ("num_hiddens", "num_layers", "dropout", "input_dropout", "recurrent_dropout")
 TRAIN_FLAGS = ("batch_size", "num_steps", "optimizer", "lr", "lr_schedule", "warmup_epochs",
                "weight_decay", "grad_clip", "epochs", "patience", "seed", "steps_per_call",
                "preprocess", "split", "batching", "sample_every")
@@ -165,8 +169,15 @@ def prepare_directory(directory: pathlib.Path, resume: bool, overwrite: bool) ->
     log.info("%s held a finished run; moved it to %s", directory, backup)
 
 
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (from `kill` or a job scheduler) stops training the way Ctrl-C does:
+    # the position reached is checkpointed before the process exits.
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", force=True)
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -181,6 +192,9 @@ def main(argv=None) -> int:
         log.info("checkpoints: %s", directory)
         result = fit(model_config, train_config, corpus, checkpoint_dir=directory,
                      resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        log.warning("training interrupted; run the same command with --resume to continue")
+        return 130
     except ValueError as error:
         log.error("invalid setting: %s", error)
         return 2

@@ -1,9 +1,9 @@
 """Numerical helpers for the web app: bucketed generation, per-character scores, live training.
 
-The app serves requests of any length from a few compiled shapes: inputs are
-padded to a power of two of at least `MIN_BUCKET` characters, so a prefix or a
-pasted text of up to 16,384 characters needs at most nine compilations per
-model config. Causal models ignore padding after the real characters.
+The app serves requests of any length from a few compiled shapes. Inputs are
+padded to a power of two of at least `MIN_BUCKET` characters, so texts of up to
+16,384 characters need at most nine compilations per model config. The models
+are causal, so padding after the real characters changes none of their outputs.
 
 Shapes: P = padded length, N = real characters, V = vocab_size.
 """
@@ -139,7 +139,8 @@ def train_live(model_config: ModelConfig, config: TrainConfig, corpus: Corpus, *
             loss_sum += float(jnp.sum(metrics["loss_sum"]))
             count += float(jnp.sum(metrics["count"]))
             if not math.isfinite(loss_sum):
-                raise NonFiniteLossError(f"the training loss became {loss_sum} in epoch {epoch + 1}")
+                raise NonFiniteLossError(
+                    f"the training loss became {loss_sum} in epoch {epoch + 1}")
             elapsed = time.perf_counter() - started
             timed_out = elapsed > time_limit
             yield LiveUpdate(epoch, end, usable, tuple(history), text, elapsed, timed_out)

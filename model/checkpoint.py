@@ -50,6 +50,7 @@ def open_manager(directory, read_only: bool = False) -> ocp.CheckpointManager:
     ])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=None if read_only else policy, read_only=read_only,
+        best_fn=lambda metrics: metrics["val_perplexity"], best_mode="min",
         create=not read_only, enable_async_checkpointing=True)
     return ocp.CheckpointManager(directory, item_names=("state", "meta"), options=options)
 

@@ -24,6 +24,7 @@ class ModelConfig:
     num_layers: int = 1  # stacked recurrent layers
     dropout: float = 0.0  # drop rate between stacked layers and on the last layer's output
     input_dropout: float = 0.0  # drop rate on the one-hot input characters
+    recurrent_dropout: float = 0.0  # drop rate on h_{t-1}, one mask per sequence (variational)
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -36,7 +37,7 @@ class ModelConfig:
             raise ValueError(f"num_layers must be at least 1, got {self.num_layers}")
         if self.cell == "scratch" and self.num_layers != 1:
             raise ValueError("the scratch RNN has exactly one layer; use --num-layers 1")
-        for name in ("dropout", "input_dropout"):
+        for name in ("dropout", "input_dropout", "recurrent_dropout"):
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {rate}")
@@ -97,7 +98,7 @@ def from_dict(cls, values: dict):
 # The book's RNN settings (d2l, "Concise Implementation of RNNs"): hidden 32,
 # batch 1024, 32 steps, plain SGD with lr 1, 100 epochs on its 10,000-window split.
 D2L_PRESET = dict(
-    num_hiddens=32, num_layers=1, dropout=0.0, input_dropout=0.0, batch_size=1024, num_steps=32,
+    num_hiddens=32, num_layers=1, dropout=0.0, input_dropout=0.0, recurrent_dropout=0.0, batch_size=1024, num_steps=32,
     optimizer="sgd", lr=1.0, lr_schedule="constant", weight_decay=0.0, grad_clip=1.0,
     epochs=100, batching="random", preprocess="d2l", split="d2l", patience=0,
 )

@@ -11,6 +11,7 @@ validation windows starts from a zero carry and the loss is averaged over them.
 import argparse
 import json
 import logging
+import pathlib
 import sys
 
 from model.checkpoint import CheckpointError
@@ -19,6 +20,27 @@ from model.pretrained import load
 from model.train_lib import Score, evaluate
 
 log = logging.getLogger("evaluate")
+SCORES_FILE = "scores.json"
+
+
+def save_score(directory: pathlib.Path, split_part: str, result: dict) -> pathlib.Path:
+    """Merge one split's score into the checkpoint's scores file (atomically replaced)."""
+    path = directory / SCORES_FILE
+    scores = json.loads(path.read_text()) if path.is_file() else {}
+    scores[split_part] = result
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(scores, indent=2) + "\n")
+    partial.replace(path)
+    return path
+
+
+def read_scores(directory: pathlib.Path) -> dict:
+    """Return the recorded scores of a checkpoint ({} when none were saved)."""
+    path = pathlib.Path(directory) / SCORES_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def score_checkpoint(pretrained, text: str, split_part: str) -> Score:
@@ -46,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which part of the checkpoint's split to score")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object with perplexity, bits_per_char, num_chars")
+    parser.add_argument("--save", action="store_true",
+                        help=f"also record the score in <checkpoint>/{SCORES_FILE}, where the "
+                             "app's model card reads it")
     return parser
 
 
@@ -63,6 +88,8 @@ def main(argv=None) -> int:
     result = {"perplexity": score.perplexity, "bits_per_char": score.bits_per_char,
               "num_chars": score.num_chars, "split": args.split,
               "checkpoint": str(pretrained.directory), "step": pretrained.step}
+    if args.save:
+        save_score(pretrained.directory, args.split, result)
     if args.json:
         print(json.dumps(result))
     else:

@@ -22,6 +22,29 @@ from model.scratch import ScratchRNNLM
 CELL_CLASSES = {"rnn": nn.SimpleCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}
 
 
+def _with_recurrent_mask(base):
+    """Subclass a Flax cell so it takes a dropout mask for the hidden state it reads.
+
+    The mask (B, H) is the same at every time step (variational dropout on the
+    recurrent connection). The subclass keeps the parameter names of `base`, and
+    with a mask of ones it computes exactly what `base` computes.
+    """
+
+    class MaskedCell(base):
+        def __call__(self, carry, inputs, mask):
+            if isinstance(carry, tuple):  # LSTM: (c, h); only h feeds the gates
+                masked = (carry[0], carry[1] * mask)
+            else:
+                masked = carry * mask
+            return super().__call__(masked, inputs)
+
+    MaskedCell.__name__ = base.__name__
+    return MaskedCell
+
+
+MASKED_CELL_CLASSES = {name: _with_recurrent_mask(cls) for name, cls in CELL_CLASSES.items()}
+
+
 def zero_carry(config: ModelConfig, batch_size: int) -> tuple:
     """Return the all-zeros carry for `batch_size` sequences, one entry per layer."""
     def zeros():
@@ -59,15 +82,25 @@ class RNNLM(nn.Module):
         for layer in range(config.num_layers):
             if layer > 0:
                 x = nn.Dropout(config.dropout)(x, deterministic=deterministic)
-            scan = nn.scan(CELL_CLASSES[config.cell], variable_broadcast="params",
-                           split_rngs={"params": False}, in_axes=1, out_axes=1,
-                           unroll=self.unroll)
+            mask = self.recurrent_mask(inputs.shape[0], deterministic)  # (B, H)
+            scan = nn.scan(MASKED_CELL_CLASSES[config.cell], variable_broadcast="params",
+                           split_rngs={"params": False}, in_axes=(1, nn.broadcast),
+                           out_axes=1, unroll=self.unroll)
             layer_carry, x = scan(features=config.num_hiddens, name=f"layer{layer}")(
-                carry[layer], x)  # x: (B, T, H)
+                carry[layer], x, mask)  # x: (B, T, H)
             new_carry.append(layer_carry)
         x = nn.Dropout(config.dropout)(x, deterministic=deterministic)
         logits = nn.Dense(config.vocab_size, name="head")(x)  # (B, T, V)
         return tuple(new_carry), logits
+
+    def recurrent_mask(self, batch_size: int, deterministic: bool):
+        """A scaled keep mask (B, H) for the hidden state, ones when not dropping."""
+        rate = self.config.recurrent_dropout
+        shape = (batch_size, self.config.num_hiddens)
+        if deterministic or rate == 0.0:
+            return jnp.ones(shape, jnp.float32)
+        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, shape)
+        return keep.astype(jnp.float32) / (1.0 - rate)
 
 
 def build_model(config: ModelConfig, unroll: int = 1) -> nn.Module:

@@ -72,136 +72,179 @@ def check_resume_compatible(meta: dict, model_config: ModelConfig, train_config:
                 f"{getattr(train_config, key)!r}")
 
 
+@dataclasses.dataclass
+class Run:
+    """The mutable position of a training run: where it is and what it has done."""
+
+    state: TrainState
+    carry: tuple
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches done within the current epoch
+    history: list = dataclasses.field(default_factory=list)
+
+    @property
+    def best(self) -> float:
+        return min((record["val_perplexity"] for record in self.history), default=math.inf)
+
+
+def restore_run(manager, run: Run, model_config: ModelConfig, config: TrainConfig,
+                vocab_chars: list[str]) -> tuple[Run, bool]:
+    """Load the latest checkpoint into a Run; return it and whether that run had finished."""
+    step = manager.latest_step()
+    meta = checkpoint.restore_meta(manager, step)
+    check_resume_compatible(meta, model_config, config, vocab_chars)
+    restored = checkpoint.restore_state(manager, step, state_tree(run.state, run.carry, 0, 0))
+    state = TrainState(step=restored["step"], params=restored["params"],
+                       opt_state=restored["opt_state"], rng=restored["rng"])
+    run = Run(state=state, carry=restored["carry"], epoch=int(restored["epoch"]),
+              batch=int(restored["batch"]), history=list(meta["history"]))
+    log.info("resumed from %s at step %d (epoch %d, batch %d)", manager.directory, step,
+             run.epoch, run.batch)
+    return run, bool(meta.get("finished"))
+
+
+def check_finite(value: float, what: str, run: Run) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"the {what} became {value} at epoch {run.epoch + 1}, step {int(run.state.step)}; "
+            "no checkpoint was written after the last good one. Lower --lr or keep --grad-clip on")
+
+
+def train_epoch(run: Run, train_chunk, batches, config: TrainConfig, progress: bool) -> Score:
+    """Take the remaining steps of the current epoch, K per jitted call; return its train score.
+
+    `run.batch` advances after every call, so an interruption leaves a resumable position.
+    """
+    loss_total, count_total = 0.0, 0.0
+    bar = tqdm(total=len(batches), initial=run.batch, unit="step", leave=False,
+               desc=f"epoch {run.epoch + 1}/{config.epochs}", disable=not progress)
+    with bar:
+        while run.batch < len(batches):
+            begin, end = run.batch, min(run.batch + config.steps_per_call, len(batches))
+            state, carry, metrics = train_chunk(run.state, run.carry, batches.inputs[begin:end],
+                                                batches.targets[begin:end], batches.mask[begin:end])
+            loss_sum = float(jnp.sum(metrics["loss_sum"]))  # waits for the device
+            run.state, run.carry, run.batch = state, carry, end
+            check_finite(loss_sum, "training loss", run)
+            loss_total += loss_sum
+            count_total += float(jnp.sum(metrics["count"]))
+            bar.update(end - begin)
+            bar.set_postfix(loss=f"{loss_total / max(count_total, 1.0):.3f}")
+    return Score(loss_total / max(count_total, 1.0), int(count_total))
+
+
 def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
         checkpoint_dir=None, resume: bool = False, progress: bool = True,
         on_epoch=None) -> FitResult:
     """Train, evaluating on the validation part after each epoch and checkpointing it.
 
     `on_epoch(record)` is called after every epoch with that epoch's history record.
+    A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by train.py) saves a
+    checkpoint at the exact position reached, then propagates; `resume=True`
+    continues from there to the same result as an uninterrupted run.
     """
     config = train_config
-    rng = epoch_rng(config.seed, 0)
     steps_per_epoch = len(epoch_batches(corpus.train, config.batching, config.split,
-                                        config.batch_size, config.num_steps, rng))
+                                        config.batch_size, config.num_steps,
+                                        epoch_rng(config.seed, 0)))
     tx = make_optimizer(config, steps_per_epoch)
-    state = create_state(model_config, config, tx)
-    carry = zero_carry(model_config, config.batch_size)
-    start_epoch, start_batch, history = 0, 0, []
+    run = Run(state=create_state(model_config, config, tx),
+              carry=zero_carry(model_config, config.batch_size))
     vocab_chars = list(corpus.vocab.chars)
 
     manager = checkpoint.open_manager(checkpoint_dir) if checkpoint_dir else None
-    if manager is not None and resume and manager.latest_step() is not None:
-        step = manager.latest_step()
-        meta = checkpoint.restore_meta(manager, step)
-        check_resume_compatible(meta, model_config, config, vocab_chars)
-        restored = checkpoint.restore_state(manager, step, state_tree(state, carry, 0, 0))
-        state = TrainState(step=restored["step"], params=restored["params"],
-                           opt_state=restored["opt_state"], rng=restored["rng"])
-        carry = restored["carry"]
-        start_epoch, start_batch = int(restored["epoch"]), int(restored["batch"])
-        history = list(meta["history"])
-        log.info("resumed from %s at step %d (epoch %d, batch %d)",
-                 manager.directory, step, start_epoch, start_batch)
-        if meta.get("finished"):
+    if manager is not None and manager.latest_step() is not None:
+        if not resume:
+            manager.close()
+            raise checkpoint.CheckpointError(
+                f"{manager.directory} already contains a checkpoint (step "
+                f"{manager.latest_step()}); pass --resume to continue it or choose another "
+                "--checkpoint-dir")
+        run, finished = restore_run(manager, run, model_config, config, vocab_chars)
+        if finished:
             log.info("this run already finished (%d epochs, best val perplexity %.3f); "
-                     "nothing to do", len(history), meta["best_val_perplexity"])
-            return FitResult(state, history, meta["best_val_perplexity"], finished=True)
-    elif manager is not None and manager.latest_step() is not None:
-        raise checkpoint.CheckpointError(
-            f"{manager.directory} already contains a checkpoint (step {manager.latest_step()}); "
-            "pass --resume to continue it or choose another --checkpoint-dir")
+                     "nothing to do", len(run.history), run.best)
+            manager.close()
+            return FitResult(run.state, run.history, run.best, finished=True)
 
     log.info("model: %s cell, %d layer(s) x %d hidden, %s parameters, vocab %d",
              model_config.cell, model_config.num_layers, model_config.num_hiddens,
-             f"{count_params(state.params):,}", model_config.vocab_size)
+             f"{count_params(run.state.params):,}", model_config.vocab_size)
     log.info("data: %s train / %s val / %s test characters, %d steps of %d x %d per epoch, "
              "device %s", f"{len(corpus.train):,}", f"{len(corpus.val):,}",
              f"{len(corpus.test):,}", steps_per_epoch, config.batch_size, config.num_steps,
              jax.devices()[0].platform)
 
-    best = min((record["val_perplexity"] for record in history), default=math.inf)
-    elapsed_before = history[-1]["wall_time"] if history else 0.0
+    def save(finished: bool, val_perplexity: float) -> None:
+        if manager is None:
+            return
+        meta = build_meta(model_config, config, vocab_chars, run.history, run.best, finished)
+        checkpoint.save(manager, int(run.state.step),
+                        state_tree(run.state, run.carry, run.epoch, run.batch), meta,
+                        val_perplexity)
+
     carry_over = config.batching == "sequential" and config.split != "d2l"
     train_chunk = make_train_chunk(model_config, tx, carry_over)
+    elapsed_before = run.history[-1]["wall_time"] if run.history else 0.0
     started = time.perf_counter()
     stopped_early = False
-
     try:
-        for epoch in range(start_epoch, config.epochs):
-            # Batches for this epoch (the same order on a resumed run).
-            batches = epoch_batches(corpus.train, config.batching, config.split, config.batch_size,
-                                    config.num_steps, epoch_rng(config.seed, epoch))
-            if start_batch == 0:
-                carry = zero_carry(model_config, config.batch_size)
-            epoch_loss, epoch_count, epoch_start = 0.0, 0.0, time.perf_counter()
-
-            # Fused train steps, K at a time.
-            bar = tqdm(total=len(batches), initial=start_batch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       unit="step", disable=not progress, leave=False)
-            for begin in range(start_batch, len(batches), config.steps_per_call):
-                end = min(begin + config.steps_per_call, len(batches))
-                state, carry, metrics = train_chunk(state, carry, batches.inputs[begin:end],
-                                                    batches.targets[begin:end], batches.mask[begin:end])
-                loss_sum = float(jnp.sum(metrics["loss_sum"]))
-                if not math.isfinite(loss_sum):
-                    bar.close()
-                    raise NonFiniteLossError(
-                        f"the training loss became {loss_sum} at epoch {epoch + 1}, step "
-                        f"{int(state.step)}; no checkpoint was written after the last good one. "
-                        "Lower --lr or keep --grad-clip on")
-                epoch_loss += loss_sum
-                epoch_count += float(jnp.sum(metrics["count"]))
-                bar.update(end - begin)
-                bar.set_postfix(loss=f"{epoch_loss / max(epoch_count, 1):.3f}")
-            bar.close()
-            start_batch = 0
+        while run.epoch < config.epochs and not stopped_early:
+            # Batches for this epoch: the same order in a resumed run.
+            batches = epoch_batches(corpus.train, config.batching, config.split,
+                                    config.batch_size, config.num_steps,
+                                    epoch_rng(config.seed, run.epoch))
+            if run.batch == 0:
+                run.carry = zero_carry(model_config, config.batch_size)
+            epoch_start = time.perf_counter()
+            try:
+                train_score = train_epoch(run, train_chunk, batches, config, progress)
+            except KeyboardInterrupt:
+                if manager is not None and run.state.step > 0:
+                    val = evaluate(run.state.params, model_config, corpus.val, config.split,
+                                   config.num_steps)
+                    if math.isfinite(val.perplexity):
+                        save(False, val.perplexity)
+                        log.warning("interrupted: saved step %d (epoch %d, batch %d); continue "
+                                    "with --resume", int(run.state.step), run.epoch + 1, run.batch)
+                raise
             epoch_seconds = time.perf_counter() - epoch_start
 
             # Evaluate, log and maybe sample.
-            train_score = Score(epoch_loss / max(epoch_count, 1.0), int(epoch_count))
-            val_score = evaluate(state.params, model_config, corpus.val, config.split, config.num_steps)
-            if not math.isfinite(val_score.perplexity):
-                raise NonFiniteLossError(
-                    f"the validation perplexity became {val_score.perplexity} at epoch {epoch + 1}; "
-                    "no checkpoint was written after the last good one. Lower --lr or keep "
-                    "--grad-clip on")
-            record = {"epoch": epoch + 1, "step": int(state.step),
+            val = evaluate(run.state.params, model_config, corpus.val, config.split,
+                           config.num_steps)
+            check_finite(val.perplexity, "validation perplexity", run)
+            improved = val.perplexity < run.best
+            record = {"epoch": run.epoch + 1, "step": int(run.state.step),
                       "train_perplexity": train_score.perplexity,
-                      "val_perplexity": val_score.perplexity,
-                      "val_bits_per_char": val_score.bits_per_char,
-                      "chars_per_sec": epoch_count / epoch_seconds,
+                      "val_perplexity": val.perplexity, "val_bits_per_char": val.bits_per_char,
+                      "chars_per_sec": train_score.num_chars / epoch_seconds,
                       "wall_time": elapsed_before + time.perf_counter() - started}
-            history.append(record)
-            improved = record["val_perplexity"] < best
-            best = min(best, record["val_perplexity"])
-            log.info("epoch %3d  train ppl %7.3f  val ppl %7.3f (%.3f bpc)%s  %8.0f chars/s  %6.1fs",
-                     epoch + 1, record["train_perplexity"], record["val_perplexity"],
-                     record["val_bits_per_char"], " *" if improved else "  ",
-                     record["chars_per_sec"], record["wall_time"])
-            if config.sample_every and (epoch + 1) % config.sample_every == 0:
-                text = sample(state.params, model_config, corpus.vocab, config.preprocess,
+            run.history.append(record)
+            run.epoch, run.batch = run.epoch + 1, 0
+            log.info("epoch %3d  train ppl %7.3f  val ppl %7.3f (%.3f bpc)%s  %8.0f chars/s  "
+                     "%6.1fs", record["epoch"], record["train_perplexity"],
+                     record["val_perplexity"], record["val_bits_per_char"],
+                     " *" if improved else "  ", record["chars_per_sec"], record["wall_time"])
+            if config.sample_every and record["epoch"] % config.sample_every == 0:
+                text = sample(run.state.params, model_config, corpus.vocab, config.preprocess,
                               SAMPLE_PREFIX, SAMPLE_CHARS, temperature=0.0).text
                 log.info("sample: %r", SAMPLE_PREFIX + text)
             if on_epoch is not None:
                 on_epoch(record)
 
             # Maybe stop early, then checkpoint.
-            since_best = len(history) - 1 - int(np.argmin([r["val_perplexity"] for r in history]))
-            stopped_early = config.patience > 0 and since_best >= config.patience
-            finished = stopped_early or epoch + 1 == config.epochs
-            if manager is not None:
-                meta = build_meta(model_config, config, vocab_chars, history, best, finished)
-                checkpoint.save(manager, int(state.step), state_tree(state, carry, epoch + 1, 0),
-                                meta, record["val_perplexity"])
+            best_epoch = int(np.argmin([r["val_perplexity"] for r in run.history])) + 1
+            stopped_early = config.patience > 0 and run.epoch - best_epoch >= config.patience
             if stopped_early:
                 log.info("stopping early: no better val perplexity for %d epochs", config.patience)
-                break
+            save(stopped_early or run.epoch == config.epochs, val.perplexity)
     finally:
         # Orbax saves in the background: wait, so no save is cut off on exit.
         if manager is not None:
             manager.wait_until_finished()
             manager.close()
-    return FitResult(state, history, best, finished=True, stopped_early=stopped_early)
+    return FitResult(run.state, run.history, run.best, finished=True, stopped_early=stopped_early)
 
 
 def build_meta(model_config: ModelConfig, train_config: TrainConfig, vocab_chars: list[str],

@@ -150,3 +150,40 @@ def test_evaluate_stream_and_windows(corpus, tiny_model):
     # An untrained model is close to uniform over the vocabulary.
     assert stream.perplexity == pytest.approx(len(corpus.vocab), rel=0.3)
     assert stream.bits_per_char == pytest.approx(np.log2(stream.perplexity))
+
+
+def test_interrupt_mid_epoch_saves_and_resumes(tmp_path, corpus, tiny_model, monkeypatch):
+    import model.trainer as trainer
+
+    straight = fit(tiny_model, TINY_TRAIN, corpus, checkpoint_dir=tmp_path / "straight",
+                   progress=False)
+    real_make_train_chunk = trainer.make_train_chunk
+    interrupt_at = straight.history[0]["step"] + 8  # eight steps into the second epoch
+
+    def make_interrupting_chunk(*args, **kwargs):
+        chunk = real_make_train_chunk(*args, **kwargs)
+
+        def interrupting(*chunk_args):
+            if int(chunk_args[0].step) >= interrupt_at:
+                raise KeyboardInterrupt
+            return chunk(*chunk_args)
+
+        return interrupting
+
+    monkeypatch.setattr(trainer, "make_train_chunk", make_interrupting_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_model, TINY_TRAIN, corpus, checkpoint_dir=tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(trainer, "make_train_chunk", real_make_train_chunk)
+
+    from model import checkpoint
+    manager = checkpoint.open_manager(tmp_path / "resumed", read_only=True)
+    saved = checkpoint.restore_meta(manager, manager.latest_step())
+    assert len(saved["history"]) == 1 and not saved["finished"]
+    assert manager.latest_step() == interrupt_at
+    manager.close()
+
+    resumed = fit(tiny_model, TINY_TRAIN, corpus, checkpoint_dir=tmp_path / "resumed",
+                  resume=True, progress=False)
+    for a, b in zip(jax.tree_util.tree_leaves(straight.state.params),
+                    jax.tree_util.tree_leaves(resumed.state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
