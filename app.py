@@ -36,6 +36,7 @@ from model import checkpoint
 from model.app_support import LiveUpdate, char_log_probs, generate, next_char_logits, train_live
 from model.config import ModelConfig, TrainConfig
 from model.data import CorpusError, build_corpus, find_corpus, preprocess, read_corpus
+from model.evaluate import read_scores
 from model.pretrained import Pretrained, load
 from model.rnn import count_params
 from model.sampling import PreparedPrefix, Sample, prepare_prefix
@@ -94,7 +95,7 @@ CSS = """
 def reject(message: str) -> gr.Error:
     """Log a rejected request and return the error to raise."""
     log.info("rejected request: %s", message)
-    return gr.Error(message)
+    return gr.Error(message, print_exception=False)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -521,14 +522,26 @@ def format_float(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, numbers.Real) else "–"
 
 
+def recorded_test_score(entry: Entry) -> tuple[float | None, float | None]:
+    """Return the test perplexity and bits per character recorded for the served step, if any.
+
+    `python -m model.evaluate --save` records them in scores.json. A score of
+    another step is stale and ignored. The checkpoint metadata is read as well.
+    """
+    recorded = read_scores(entry.pretrained.directory).get("test", {})
+    if recorded.get("step") == entry.pretrained.step:
+        return recorded.get("perplexity"), recorded.get("bits_per_char")
+    meta = entry.pretrained.meta
+    return meta.get("test_perplexity"), meta.get("test_bits_per_char")
+
+
 def model_card(models: Models) -> pd.DataFrame:
     """Tabulate each model's size, training and scores, with '–' for test scores not yet known."""
     rows = []
     for entry in models.entries.values():
         config, meta = entry.config, entry.latest_meta
         best = entry.pretrained.meta.get("best_val_perplexity", meta.get("best_val_perplexity"))
-        test = meta.get("test_perplexity", entry.pretrained.meta.get("test_perplexity"))
-        test_bits = meta.get("test_bits_per_char", entry.pretrained.meta.get("test_bits_per_char"))
+        test, test_bits = recorded_test_score(entry)
         rows.append({
             "model": entry.label, "cell": config.cell, "layers": config.num_layers,
             "hidden size": config.num_hiddens,
@@ -954,7 +967,8 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s", datefmt="%H:%M:%S", force=True)
-    for noisy in ("absl", "httpx", "jax._src.xla_bridge"):
+    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax warns on every read-only open
+    for noisy in ("httpx", "jax._src.xla_bridge"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     started = time.perf_counter()
     models = load_models(checkpoint_root(args.checkpoint_root))

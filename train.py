@@ -36,9 +36,8 @@ DEFAULT_PRESET = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train a character-level RNN, GRU or LSTM language model. Flags left out "
-                    "take their value from --preset; the defaults shown are those of the "
-                    "default preset for the LSTM.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "take their value from --preset; each help line shows the default "
+                    "preset's value for the LSTM and the d2l preset's value.")
     parser.add_argument("--preset", choices=("default", "d2l"), default="default",
                         help="starting settings: 'default' trains the shipped weights, 'd2l' "
                              "the book's RNN (hidden 32, batch 1024, 32 steps, SGD lr 1, "
@@ -50,53 +49,51 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", help="cache folder for the downloaded Time Machine "
                                          "(default: ~/.cache/concise_rnn)")
     data.add_argument("--preprocess", choices=PREPROCESS_MODES,
-                      help="'d2l': lowercase letters and single spaces; 'raw': text as it is "
-                           "(default: d2l)")
+                      help="'d2l': lowercase letters and single spaces; 'raw': text as it is")
     data.add_argument("--split", choices=SPLITS,
                       help="'full': 90%%/5%%/5%% train/val/test; 'd2l': the book's 10,000 "
-                           "training and 5,000 validation windows (default: full)")
+                           "training and 5,000 validation windows")
     data.add_argument("--batching", choices=BATCHINGS,
                       help="'sequential': contiguous rows, carry passed between batches; "
-                           "'random': shuffled windows from a zero carry (default: sequential)")
+                           "'random': shuffled windows from a zero carry")
 
     model = parser.add_argument_group("model")
     model.add_argument("--cell", choices=CELLS,
                        help="recurrent cell; 'scratch' is the hand-written tanh RNN "
                             "(default: lstm, or rnn with --preset d2l)")
-    model.add_argument("--num-hiddens", type=int, help="hidden units per layer (default: 512)")
-    model.add_argument("--num-layers", type=int, help="stacked recurrent layers (default: 1)")
+    model.add_argument("--num-hiddens", type=int, help="hidden units per layer")
+    model.add_argument("--num-layers", type=int, help="stacked recurrent layers")
     model.add_argument("--dropout", type=float,
                        help="drop probability between stacked layers and on the last layer's "
-                            "output, 0 = off (default: 0.5)")
+                            "output, 0 = off")
     model.add_argument("--input-dropout", type=float,
-                       help="drop probability of each input character, 0 = off (default: 0)")
+                       help="drop probability of each input character, 0 = off")
     model.add_argument("--recurrent-dropout", type=float,
                        help="drop probability of each hidden unit fed back into the cell, one "
-                            "mask per sequence, 0 = off (default: 0)")
+                            "mask per sequence, 0 = off")
 
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--batch-size", type=int, help="sequences per step (default: 32)")
+    optim.add_argument("--batch-size", type=int, help="sequences per step")
     optim.add_argument("--num-steps", type=int,
-                       help="characters per training sequence (default: 128)")
-    optim.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default: adamw)")
-    optim.add_argument("--lr", type=float, help="peak learning rate (default: 0.002)")
+                       help="characters per training sequence")
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
+    optim.add_argument("--lr", type=float, help="peak learning rate")
     optim.add_argument("--lr-schedule", choices=("constant", "cosine"),
                        help="'cosine': linear warm-up for --warmup-epochs, then cosine decay "
-                            "to lr x 0.02 at the last epoch (default: cosine)")
-    optim.add_argument("--warmup-epochs", type=float, help="warm-up length in epochs (default: 1)")
+                            "to lr x 0.02 at the last epoch")
+    optim.add_argument("--warmup-epochs", type=float, help="warm-up length in epochs")
     optim.add_argument("--weight-decay", type=float,
-                       help="decoupled weight decay per step, adamw only, 0 = off "
-                            "(default: 0.1)")
+                       help="decoupled weight decay coefficient, adamw only, 0 = off")
     optim.add_argument("--grad-clip", type=float,
-                       help="maximum global gradient norm, 0 = no clipping (default: 1.0)")
-    optim.add_argument("--epochs", type=int, help="passes over the training text (default: 40)")
+                       help="maximum global gradient norm, 0 = no clipping")
+    optim.add_argument("--epochs", type=int, help="passes over the training text")
     optim.add_argument("--patience", type=int,
                        help="stop after this many epochs without a better validation "
-                            "perplexity, 0 = never (default: 0)")
+                            "perplexity, 0 = never")
     optim.add_argument("--seed", type=int, help="seed for initialization, dropout and batch "
-                                                "order (default: 0)")
+                                                "order")
     optim.add_argument("--steps-per-call", type=int,
-                       help="optimizer steps fused into one jitted call (default: 8)")
+                       help="optimizer steps fused into one jitted call")
 
     output = parser.add_argument_group("checkpoints and logging")
     output.add_argument("--checkpoint-dir",
@@ -107,9 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--overwrite", action="store_true",
                         help="delete an unfinished run in --checkpoint-dir and start over")
     output.add_argument("--sample-every", type=int,
-                        help="epochs between greedy samples in the log, 0 = never (default: 5)")
+                        help="epochs between greedy samples in the log, 0 = never")
     output.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_preset_defaults(parser)
     return parser
+
+
+def preset_values(preset: str, cell: str) -> dict:
+    """Every model and training setting of a preset, dataclass defaults filled in."""
+    values = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+    values.update({field.name: field.default for field in dataclasses.fields(ModelConfig)
+                   if field.name not in ("vocab_size", "cell")})
+    values.update(D2L_PRESET if preset == "d2l" else DEFAULT_PRESET[cell])
+    return values
+
+
+def add_preset_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append "(default: X; d2l preset: Y)" to the help of every preset-backed flag."""
+    lstm, d2l = preset_values("default", "lstm"), preset_values("d2l", "rnn")
+    for action in parser._actions:
+        name = action.dest
+        if name in MODEL_FLAGS + TRAIN_FLAGS:
+            action.help += f" (default: {lstm[name]}; d2l preset: {d2l[name]})"
 
 
 MODEL_FLAGS = ("num_hiddens", "num_layers", "dropout", "input_dropout", "recurrent_dropout")
@@ -124,11 +140,11 @@ def resolve_settings(args) -> tuple[str, dict, TrainConfig]:
     Returns the cell, the model settings other than vocab_size, and the train config.
     """
     cell = args.cell or ("rnn" if args.preset == "d2l" else "lstm")
-    values = dict(D2L_PRESET) if args.preset == "d2l" else dict(DEFAULT_PRESET[cell])
+    values = preset_values(args.preset, cell)
     for name in MODEL_FLAGS + TRAIN_FLAGS:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
-    model_values = {name: values.pop(name) for name in MODEL_FLAGS if name in values}
+    model_values = {name: values.pop(name) for name in MODEL_FLAGS}
     return cell, model_values, TrainConfig(**values)
 
 

@@ -8,8 +8,8 @@ weights (see `model/scratch.py`).
 Shapes: B = batch_size, T = num_steps, V = vocab_size, H = num_hiddens.
 Arrays are batch-major, (B, T) at every public boundary. The carry is a tuple
 with one entry per layer: `h` (B, H) for rnn and gru, `(c, h)` for lstm.
-Naming: this project says `num_hiddens` as the d2l book does; Flax cells call
-the same number `features`, and `make_cell` is the one place that converts.
+Naming: this project uses `num_hiddens` as the d2l book does. Flax cells call
+the same number `features`, and `RNNLM.__call__` is the one place that converts.
 """
 
 import flax.linen as nn

@@ -1,5 +1,6 @@
 """Tests of app.py's functions, called directly on tiny checkpoints trained in a fixture."""
 
+import json
 import math
 import os
 import pathlib
@@ -323,6 +324,21 @@ def test_model_card(models):
     assert (card["test perplexity"] == "–").all()
     lstm = models.entries["lstm"]
     assert card["val perplexity"].iloc[1] == f"{lstm.pretrained.meta['best_val_perplexity']:.2f}"
+
+
+def test_model_card_reads_recorded_test_score(models):
+    lstm, rnn = models.entries["lstm"], models.entries["rnn"]
+    scores = {"test": {"perplexity": 9.5, "bits_per_char": 3.25, "step": lstm.pretrained.step}}
+    (lstm.pretrained.directory / "scores.json").write_text(json.dumps(scores))
+    stale = {"test": {"perplexity": 9.0, "bits_per_char": 3.17, "step": rnn.pretrained.step - 1}}
+    (rnn.pretrained.directory / "scores.json").write_text(json.dumps(stale))
+    try:
+        card = app.model_card(models)
+    finally:
+        (lstm.pretrained.directory / "scores.json").unlink()
+        (rnn.pretrained.directory / "scores.json").unlink()
+    assert list(card["test perplexity"]) == ["–", "9.50"]
+    assert list(card["test bits/char"]) == ["–", "3.250"]
 
 
 def test_format_duration():
