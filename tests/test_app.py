@@ -1,10 +1,8 @@
-"""Tests of app.py's functions, called directly on tiny checkpoints trained in a fixture."""
+"""Tests of the app's functions in app.py and webapp/, called directly on tiny checkpoints."""
 
 import json
 import math
 import os
-import pathlib
-import random
 import subprocess
 import sys
 
@@ -16,33 +14,19 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import app  # noqa: E402
-from model.config import ModelConfig, TrainConfig  # noqa: E402
-from model.data import build_corpus, preprocess  # noqa: E402
+from app_fixtures import PROJECT, build_checkpoints, corpus_text  # noqa: E402
+from model.data import preprocess  # noqa: E402
+from model.sampling import PreparedPrefix  # noqa: E402
 from model.train_lib import evaluate  # noqa: E402
-from model.trainer import fit  # noqa: E402
-
-PROJECT = pathlib.Path(__file__).resolve().parents[1]
-TIME_MACHINE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "timemachine.txt"
-
-
-def corpus_text(num_chars: int = 20_000) -> str:
-    """Return the start of the Time Machine if it is beside the project, else generated prose."""
-    if TIME_MACHINE.is_file():
-        return TIME_MACHINE.read_text(encoding="utf-8")[:num_chars]
-    words = "the time traveller machine said we it was a of and to in that his hand".split()
-    rng = random.Random(0)
-    return " ".join(rng.choice(words) for _ in range(num_chars // 4))
-
-
-def build_checkpoints(root: pathlib.Path, cells=("rnn", "lstm")) -> pathlib.Path:
-    """Train one tiny model per cell for 2 epochs into root/<cell>."""
-    corpus = build_corpus(corpus_text(), "d2l", "full", 16)
-    train_config = TrainConfig(batch_size=8, num_steps=16, epochs=2, steps_per_call=4, lr=1e-2,
-                               sample_every=0)
-    for cell in cells:
-        model_config = ModelConfig(vocab_size=len(corpus.vocab), cell=cell, num_hiddens=16)
-        fit(model_config, train_config, corpus, checkpoint_dir=root / cell, progress=False)
-    return root
+from webapp.curves_tab import curves_figure, format_duration, model_card  # noqa: E402
+from webapp.generate_tab import (char_spans, describe_prefix, generate_texts,  # noqa: E402
+                                 prefix_html, reveal_counts, stream_generate, text_stats)
+from webapp.limits import MAX_PREFIX_CHARS, MAX_SCORE_CHARS, MAX_TOP_K  # noqa: E402
+from webapp.models import CHECKPOINT_ENV, ROOT, checkpoint_root, load_models  # noqa: E402
+from webapp.next_char_tab import apply_sampling, next_char_table, next_char_view  # noqa: E402
+from webapp.score_tab import score_text  # noqa: E402
+from webapp.train_tab import MY_TEXT, stream_train  # noqa: E402
+from webapp.validation import GenerateRequest, check_entry, check_generate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +35,14 @@ def models(tmp_path_factory):
     (root / "broken").mkdir()
     (root / "broken" / "notes.txt").write_text("not a checkpoint")
     (root / "lstm.previous").mkdir()  # an older run that train.py kept, which the app skips
-    return app.load_models(root)
+    return load_models(root)
 
 
 def generate(models, **overrides):
     settings = dict(prefix="the time traveller", cell="lstm", num_chars=40, temperature=0.0,
                     top_k=0, seed=0)
     settings.update(overrides)
-    return app.generate_texts(models, **settings)
+    return generate_texts(models, **settings)
 
 
 def last(iterator):
@@ -87,23 +71,23 @@ def test_load_models_skips_broken_checkpoint(models):
 
 
 def test_load_models_empty_root(tmp_path):
-    models = app.load_models(tmp_path / "missing")
+    models = load_models(tmp_path / "missing")
     assert models.entries == {}
     with pytest.raises(gr.Error, match="no trained checkpoint"):
-        app.check_entry(models, "lstm")
+        check_entry(models, "lstm")
 
 
 def test_build_demo_without_models(tmp_path):
-    demo = app.build_demo(app.load_models(tmp_path))
+    demo = app.build_demo(load_models(tmp_path))
     assert "generate" in {fn.api_name for fn in demo.fns.values()}
 
 
 def test_checkpoint_root_sources(monkeypatch, tmp_path):
-    monkeypatch.delenv(app.CHECKPOINT_ENV, raising=False)
-    assert app.checkpoint_root(None) == app.ROOT / "checkpoints"
-    monkeypatch.setenv(app.CHECKPOINT_ENV, str(tmp_path))
-    assert app.checkpoint_root(None) == tmp_path
-    assert app.checkpoint_root("runs") == app.ROOT / "runs"
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
+    assert checkpoint_root(None) == ROOT / "checkpoints"
+    monkeypatch.setenv(CHECKPOINT_ENV, str(tmp_path))
+    assert checkpoint_root(None) == tmp_path
+    assert checkpoint_root("runs") == ROOT / "runs"
 
 
 def test_build_demo_has_generate_endpoint(models):
@@ -157,31 +141,31 @@ def test_odd_prefixes(models, prefix, seen):
 
 def test_very_long_prefix_is_cut(models):
     prefix = "a" * 50 + "the time traveller " * 200
-    request = app.check_generate(models, "lstm", prefix, 10, 0.0, 0, 0)
-    assert len(request.prefix) == app.MAX_PREFIX_CHARS
-    assert request.cut == len(prefix) - app.MAX_PREFIX_CHARS
+    request = check_generate(models, "lstm", prefix, 10, 0.0, 0, 0)
+    assert len(request.prefix) == MAX_PREFIX_CHARS
+    assert request.cut == len(prefix) - MAX_PREFIX_CHARS
     _, trained = generate(models, prefix=prefix, num_chars=10)
-    assert len(trained) == app.MAX_PREFIX_CHARS + 10
+    assert len(trained) == MAX_PREFIX_CHARS + 10
 
 
 def test_prefix_note_explains_changes(models):
-    stream = app.stream_generate(models, "lstm", "In 1895, THE Time 🚀", 10, 0.0, 0, 0,
-                                 "instant", True)
+    stream = stream_generate(models, "lstm", "In 1895, THE Time 🚀", 10, 0.0, 0, 0,
+                             "instant", True)
     note = next(stream)[0]
     assert "d2l preprocessing" in note
     assert "🚀" not in note  # the emoji is lost by preprocessing, not by the vocabulary
-    assert next(app.stream_generate(models, "lstm", "the time", 10, 0.0, 0, 0, "instant",
-                                    True))[0] == ""
-    empty_note = next(app.stream_generate(models, "lstm", None, 10, 0.0, 0, 0, "instant",
-                                          True))[0]
+    assert next(stream_generate(models, "lstm", "the time", 10, 0.0, 0, 0, "instant",
+                                True))[0] == ""
+    empty_note = next(stream_generate(models, "lstm", None, 10, 0.0, 0, 0, "instant",
+                                      True))[0]
     assert "fresh line" in empty_note
 
 
 def test_prefix_note_lists_removed_characters(models):
     entry = models.entries["lstm"]
-    request = app.GenerateRequest(entry, "abc", 0, 10, 0.0, 0, 0)
-    prepared = app.PreparedPrefix(text="ab", removed="c", primer="ab")
-    assert "'c'" in app.describe_prefix(request, prepared)
+    request = GenerateRequest(entry, "abc", 0, 10, 0.0, 0, 0)
+    prepared = PreparedPrefix(text="ab", removed="c", primer="ab")
+    assert "'c'" in describe_prefix(request, prepared)
 
 
 # ---------------------------------------------------------------------------- input checks
@@ -192,7 +176,7 @@ def test_prefix_note_lists_removed_characters(models):
     ("temperature", -0.5, "-0.5"), ("temperature", 2.5, "2.5"), ("temperature", "hot", "'hot'"),
     ("num_chars", 0, "length"), ("num_chars", -3, "-3"), ("num_chars", 2.5, "2.5"),
     ("num_chars", 10**9, "1000000000"), ("num_chars", None, "None"),
-    ("top_k", -1, "top-k"), ("top_k", app.MAX_TOP_K + 1, "top-k"), ("top_k", 1.5, "1.5"),
+    ("top_k", -1, "top-k"), ("top_k", MAX_TOP_K + 1, "top-k"), ("top_k", 1.5, "1.5"),
     ("seed", -1, "seed"), ("seed", 2**32, "seed"), ("seed", True, "True"),
     ("cell", "tcn", "tcn"), ("cell", None, "None"), ("prefix", 123, "123"),
 ])
@@ -214,15 +198,15 @@ def test_integral_float_inputs_accepted(models):
 
 def test_unknown_speed_raises(models):
     with pytest.raises(gr.Error, match="speed"):
-        next(app.stream_generate(models, "lstm", "the", 10, 0.0, 0, 0, "warp", True))
+        next(stream_generate(models, "lstm", "the", 10, 0.0, 0, 0, "warp", True))
 
 
 # ---------------------------------------------------------------------------- streaming
 
 
 def test_instant_stream_shows_everything(models):
-    updates = list(app.stream_generate(models, "lstm", "the time", 30, 1.0, 0, 5, "instant",
-                                       True))
+    updates = list(stream_generate(models, "lstm", "the time", 30, 1.0, 0, 5, "instant",
+                                   True))
     assert len(updates) == 2
     note, _, untrained_html, untrained_stats, _, trained_html, trained_stats = updates[-1]
     assert untrained_html.count('title="p = ') == 30
@@ -232,52 +216,52 @@ def test_instant_stream_shows_everything(models):
 
 
 def test_paced_stream_grows_at_the_end(models):
-    updates = list(app.stream_generate(models, "lstm", "the", 40, 1.0, 0, 0,
-                                       "fast (100 chars/s)", False))
+    updates = list(stream_generate(models, "lstm", "the", 40, 1.0, 0, 0,
+                                   "fast (100 chars/s)", False))
     assert 3 < len(updates) <= 40
     for before, after in zip(updates, updates[1:]):
         assert after[2].startswith(before[2])
         assert after[5].startswith(before[5])
     untrained, trained = generate(models, prefix="the", num_chars=40, temperature=1.0)
-    assert updates[-1][5] == app.prefix_html("the") + trained[len("the"):]
+    assert updates[-1][5] == prefix_html("the") + trained[len("the"):]
 
 
 def test_reveal_counts_pace():
-    counts = list(app.reveal_counts(20, 100))
+    counts = list(reveal_counts(20, 100))
     assert counts[-1] == 20
     assert counts == sorted(set(counts))
     assert len(counts) <= 20
-    assert list(app.reveal_counts(20, None)) == [20]
+    assert list(reveal_counts(20, None)) == [20]
 
 
 def test_stream_matches_api_text(models):
-    final = last(app.stream_generate(models, "rnn", "the time", 50, 0.7, 5, 11, "instant",
-                                     False))
+    final = last(stream_generate(models, "rnn", "the time", 50, 0.7, 5, 11, "instant",
+                                 False))
     untrained, trained = generate(models, cell="rnn", prefix="the time", num_chars=50,
                                   temperature=0.7, top_k=5, seed=11)
-    assert final[2] == app.prefix_html("the time") + untrained[len("the time"):]
-    assert final[5] == app.prefix_html("the time") + trained[len("the time"):]
+    assert final[2] == prefix_html("the time") + untrained[len("the time"):]
+    assert final[5] == prefix_html("the time") + trained[len("the time"):]
 
 
 def test_html_escapes_characters():
-    spans = app.char_spans("<&>", np.log(np.array([0.01, 0.3, 0.9])), True)
+    spans = char_spans("<&>", np.log(np.array([0.01, 0.3, 0.9])), True)
     assert spans[0] == '<span class="p0" title="p = 1.0%">&lt;</span>'
     assert spans[1].startswith('<span class="p2"')
     assert spans[2].startswith('<span class="p4"')
-    assert app.char_spans("<", np.zeros(1), False) == ["&lt;"]
+    assert char_spans("<", np.zeros(1), False) == ["&lt;"]
 
 
 def test_text_stats_values():
     log_probs = np.log(np.full(4, 0.25))
-    assert "perplexity **4.00**" in app.text_stats(log_probs)
-    assert "**2.00** bits per character" in app.text_stats(log_probs)
+    assert "perplexity **4.00**" in text_stats(log_probs)
+    assert "**2.00** bits per character" in text_stats(log_probs)
 
 
 # ---------------------------------------------------------------------------- next character
 
 
 def test_next_char_probabilities(models):
-    table = app.next_char_table(models, "lstm", "the time", 1.0, 0)
+    table = next_char_table(models, "lstm", "the time", 1.0, 0)
     assert set(table["network"]) == {"untrained", "trained"}
     for network in ("untrained", "trained"):
         rows = table[table["network"] == network]
@@ -287,8 +271,8 @@ def test_next_char_probabilities(models):
 
 
 def test_next_char_greedy_and_top_k(models):
-    greedy = app.next_char_table(models, "lstm", "the time", 0.0, 0)
-    top_one = app.next_char_table(models, "lstm", "the time", 1.3, 1)
+    greedy = next_char_table(models, "lstm", "the time", 0.0, 0)
+    top_one = next_char_table(models, "lstm", "the time", 1.3, 1)
     for table in (greedy, top_one):
         trained = table[table["network"] == "trained"]
         assert trained["after_settings"].iloc[0] == pytest.approx(1.0)
@@ -297,13 +281,13 @@ def test_next_char_greedy_and_top_k(models):
 
 def test_apply_sampling_sharpens():
     logits = np.log(np.array([0.5, 0.3, 0.2]))
-    cold = app.apply_sampling(logits, 0.5, 0)
+    cold = apply_sampling(logits, 0.5, 0)
     np.testing.assert_allclose(cold, np.array([25, 9, 4]) / 38, rtol=1e-6)
-    np.testing.assert_allclose(app.apply_sampling(logits, 1.0, 2), [0.625, 0.375, 0.0])
+    np.testing.assert_allclose(apply_sampling(logits, 1.0, 2), [0.625, 0.375, 0.0])
 
 
 def test_next_char_view_figure(models):
-    figure = app.next_char_view(models, "rnn", "", 0.8, 3)
+    figure = next_char_view(models, "rnn", "", 0.8, 3)
     assert isinstance(figure, Figure)
     assert len(figure.axes) == 2
 
@@ -312,12 +296,12 @@ def test_next_char_view_figure(models):
 
 
 def test_curves_figure_has_lines_per_model(models):
-    figure = app.curves_figure(models)
+    figure = curves_figure(models)
     assert len(figure.axes[0].lines) == 2 * len(models.entries)
 
 
 def test_model_card(models):
-    card = app.model_card(models)
+    card = model_card(models)
     assert list(card["model"]) == ["RNN", "LSTM"]
     assert list(card["epochs"]) == [2, 2]
     assert list(card["hidden size"]) == [16, 16]
@@ -333,7 +317,7 @@ def test_model_card_reads_recorded_test_score(models):
     stale = {"test": {"perplexity": 9.0, "bits_per_char": 3.17, "step": rnn.pretrained.step - 1}}
     (rnn.pretrained.directory / "scores.json").write_text(json.dumps(stale))
     try:
-        card = app.model_card(models)
+        card = model_card(models)
     finally:
         (lstm.pretrained.directory / "scores.json").unlink()
         (rnn.pretrained.directory / "scores.json").unlink()
@@ -342,9 +326,9 @@ def test_model_card_reads_recorded_test_score(models):
 
 
 def test_format_duration():
-    assert app.format_duration(42.4) == "42 s"
-    assert app.format_duration(185) == "3 min 05 s"
-    assert app.format_duration(3720) == "1 h 02 min"
+    assert format_duration(42.4) == "42 s"
+    assert format_duration(185) == "3 min 05 s"
+    assert format_duration(3720) == "1 h 02 min"
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -352,7 +336,7 @@ def test_format_duration():
 
 def test_score_matches_stream_evaluation(models):
     text = corpus_text()[5_000:7_000]
-    table, heatmap, _ = app.score_text(models, text, "lstm")
+    table, heatmap, _ = score_text(models, text, "lstm")
     entry = models.entries["lstm"]
     ids = entry.pretrained.vocab.encode(preprocess(text, "d2l"))
     expected = evaluate(entry.pretrained.params, entry.config, ids, "full", 16)
@@ -365,26 +349,26 @@ def test_score_matches_stream_evaluation(models):
 
 
 def test_score_odd_texts(models):
-    table, heatmap, note = app.score_text(models, "The TIME, 1895! 🚀 machine", "rnn")
+    table, heatmap, note = score_text(models, "The TIME, 1895! 🚀 machine", "rnn")
     assert list(table["model"]) == ["RNN", "LSTM"]
     assert "preprocessing" in note
     assert math.isfinite(table["perplexity trained"].iloc[0])
     for text in (None, "", "🚀", "1"):
         with pytest.raises(gr.Error, match="at least 2 characters"):
-            app.score_text(models, text, "rnn")
+            score_text(models, text, "rnn")
 
 
 def test_score_long_text_is_cut(models):
-    table, _, note = app.score_text(models, "ab " * 5_000, "lstm")
+    table, _, note = score_text(models, "ab " * 5_000, "lstm")
     assert "first 10,000" in note
-    assert table["characters scored"].iloc[0] == app.MAX_SCORE_CHARS - 1
+    assert table["characters scored"].iloc[0] == MAX_SCORE_CHARS - 1
 
 
 # ---------------------------------------------------------------------------- live training
 
 
 def test_live_training_on_pasted_text():
-    updates = list(app.stream_train(app.MY_TEXT, corpus_text(6_000), None, "gru", 16, 2, "d2l"))
+    updates = list(stream_train(MY_TEXT, corpus_text(6_000), None, "gru", 16, 2, "d2l"))
     status, _, sample = updates[-2]
     assert "Epoch 2 of 2" in status
     assert sample.startswith(preprocess(corpus_text(6_000), "d2l")[:20])
@@ -394,15 +378,15 @@ def test_live_training_on_pasted_text():
 
 
 def test_live_training_time_limit():
-    updates = list(app.stream_train(app.MY_TEXT, corpus_text(6_000), None, "rnn", 16, 20,
-                                    "raw", time_limit=0.0))
+    updates = list(stream_train(MY_TEXT, corpus_text(6_000), None, "rnn", 16, 20,
+                                "raw", time_limit=0.0))
     assert updates[-1][0].startswith("**Stopped at the time limit of 0 s.**")
 
 
 def test_live_training_upload(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text(corpus_text(3_000), encoding="utf-8")
-    updates = app.stream_train(app.MY_TEXT, "", str(path), "rnn", 16, 1, "raw")
+    updates = stream_train(MY_TEXT, "", str(path), "rnn", 16, 1, "raw")
     assert next(updates)[0].startswith("Compiling")
     updates.close()  # what a Stop press does
 
@@ -413,15 +397,15 @@ def test_live_training_upload(tmp_path):
     (dict(source="wikipedia"), "training data"), (dict(preprocess_mode="upper"), "preprocessing"),
 ])
 def test_live_training_bad_inputs(settings, words):
-    arguments = dict(source=app.MY_TEXT, text=corpus_text(3_000), upload=None, cell="rnn",
+    arguments = dict(source=MY_TEXT, text=corpus_text(3_000), upload=None, cell="rnn",
                      num_hiddens=16, epochs=1, preprocess_mode="d2l")
     arguments.update(settings)
     with pytest.raises(gr.Error, match=words):
-        next(app.stream_train(**arguments))
+        next(stream_train(**arguments))
 
 
 def test_live_training_rejects_binary_upload(tmp_path):
     path = tmp_path / "data.txt"
     path.write_bytes(b"\x00\x01binary")
     with pytest.raises(gr.Error, match="binary"):
-        next(app.stream_train(app.MY_TEXT, "", str(path), "rnn", 16, 1, "d2l"))
+        next(stream_train(MY_TEXT, "", str(path), "rnn", 16, 1, "d2l"))

@@ -1,0 +1,82 @@
+"""Checks on request inputs. Each raises gr.Error for a value the app cannot serve."""
+
+import dataclasses
+import logging
+import math
+import numbers
+
+import gradio as gr
+
+from webapp.limits import MAX_CHARS, MAX_PREFIX_CHARS, MAX_SEED, MAX_TEMPERATURE, MAX_TOP_K
+from webapp.models import Entry, Models
+
+log = logging.getLogger("app")
+
+
+def reject(message: str) -> gr.Error:
+    """Log a rejected request and return the error to raise."""
+    log.info("rejected request: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
+def check_number(name: str, value, low: float, high: float, *, integer: bool) -> float:
+    """Return `value` if it is a finite number in [low, high] (whole if `integer`), else raise."""
+    kind = "whole number" if integer else "number"
+    upper = str(int(high)) if integer else f"{high:g}"
+    allowed = f"{name} must be a {kind} from {low:g} to {upper}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise reject(f"{allowed}, got {value!r}")
+    if not math.isfinite(value) or not low <= value <= high or (integer and value != int(value)):
+        raise reject(f"{allowed}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def check_entry(models: Models, cell) -> Entry:
+    """Return the checkpoint named `cell` (its directory name or label, any case)."""
+    if not models.entries:
+        raise reject(f"no trained checkpoint was loaded from {models.root}. Train one with "
+                     "`python train.py` or point --checkpoint-root at a folder of runs")
+    if isinstance(cell, str):
+        requested = cell.strip().lower()
+        for name, entry in models.entries.items():
+            if requested in (name.lower(), entry.label.lower()):
+                return entry
+    available = ", ".join(models.entries)
+    raise reject(f"unknown model {cell!r}. Choose one of: {available}")
+
+
+def check_text(name: str, value) -> str:
+    """Return a text input as a string. A cleared textbox sends None, which means empty."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise reject(f"{name} must be text, got {type(value).__name__} {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateRequest:
+    """A checked generation request."""
+
+    entry: Entry
+    prefix: str  # at most MAX_PREFIX_CHARS characters, not yet normalized
+    cut: int  # characters dropped from the start of a longer prefix
+    num_chars: int
+    temperature: float
+    top_k: int
+    seed: int
+
+
+def check_generate(models: Models, cell, prefix, num_chars, temperature, top_k,
+                   seed) -> GenerateRequest:
+    """Check every generation input, because slider bounds do not bind API callers."""
+    entry = check_entry(models, cell)
+    prefix = check_text("prefix", prefix)
+    cut = max(0, len(prefix) - MAX_PREFIX_CHARS)
+    return GenerateRequest(
+        entry=entry, prefix=prefix[cut:], cut=cut,
+        num_chars=check_number("length", num_chars, 1, MAX_CHARS, integer=True),
+        temperature=check_number("temperature", temperature, 0.0, MAX_TEMPERATURE,
+                                 integer=False),
+        top_k=check_number("top-k", top_k, 0, MAX_TOP_K, integer=True),
+        seed=check_number("seed", seed, 0, MAX_SEED, integer=True))
