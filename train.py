@@ -26,10 +26,13 @@ ROOT = pathlib.Path(__file__).resolve().parent
 
 # The shipped weights: per-cell settings chosen on the Time Machine's validation part.
 DEFAULT_PRESET = {
-    "rnn": dict(num_hiddens=512, num_layers=1, dropout=0.3, lr=2e-3, epochs=40),
-    "gru": dict(num_hiddens=512, num_layers=1, dropout=0.3, lr=2e-3, epochs=40),
-    "lstm": dict(num_hiddens=512, num_layers=1, dropout=0.3, lr=2e-3, epochs=40),
-    "scratch": dict(num_hiddens=256, num_layers=1, dropout=0.0, lr=2e-3, epochs=20),
+    "rnn": dict(num_hiddens=256, num_layers=2, dropout=0.3, input_dropout=0.0,
+                recurrent_dropout=0.1, lr=2e-3, epochs=100),
+    "gru": dict(num_hiddens=224, num_layers=2, dropout=0.4, input_dropout=0.05,
+                recurrent_dropout=0.25, lr=3e-3, epochs=100),
+    "lstm": dict(num_hiddens=256, num_layers=2, dropout=0.4, input_dropout=0.05,
+                 recurrent_dropout=0.25, lr=3e-3, epochs=70),
+    "scratch": dict(num_hiddens=256, num_layers=1, dropout=0.3, lr=2e-3, epochs=40),
 }
 
 
@@ -111,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def preset_values(preset: str, cell: str) -> dict:
-    """Every model and training setting of a preset, dataclass defaults filled in."""
+    """Return every model and training setting of a preset, with dataclass defaults filled in."""
     values = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
     values.update({field.name: field.default for field in dataclasses.fields(ModelConfig)
                    if field.name not in ("vocab_size", "cell")})
@@ -157,7 +160,7 @@ def default_directory(args, cell: str) -> pathlib.Path:
 def prepare_directory(directory: pathlib.Path, resume: bool, overwrite: bool) -> None:
     """Make way for a new run in `directory`, never discarding unfinished work silently.
 
-    A finished run is moved to `<directory>.previous`; an unfinished one needs
+    A finished run is moved to `<directory>.previous`. An unfinished one needs
     --resume (continue it) or --overwrite (discard it).
     """
     if resume or not directory.is_dir() or not any(directory.iterdir()):
@@ -176,13 +179,13 @@ def prepare_directory(directory: pathlib.Path, resume: bool, overwrite: bool) ->
         done = len(meta.get("history", []))
         total = meta.get("train_config", {}).get("epochs", "?")
         raise checkpoint.CheckpointError(
-            f"{directory} holds an unfinished run ({done} of {total} epochs); pass --resume to "
+            f"{directory} contains an unfinished run ({done} of {total} epochs); pass --resume to "
             "continue it or --overwrite to discard it")
     backup = directory.with_name(directory.name + ".previous")
     if backup.exists():
         shutil.rmtree(backup)
     directory.rename(backup)
-    log.info("%s held a finished run; moved it to %s", directory, backup)
+    log.info("%s contained a finished run; moved it to %s", directory, backup)
 
 
 def raise_keyboard_interrupt(signum, frame):

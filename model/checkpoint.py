@@ -1,6 +1,6 @@
 """Orbax checkpoints that stand alone: arrays plus a JSON item with everything to use them.
 
-Layout: `DIR/<step>/state` holds the arrays (params, optimizer state, step,
+Layout: `DIR/<step>/state` contains the arrays (params, optimizer state, step,
 RNG key, carry and data position) and `DIR/<step>/meta` the JSON metadata
 (model and training config, vocabulary, history, library versions). The
 manager keeps the latest checkpoint (to resume) and the best one by

@@ -35,10 +35,8 @@ class ModelConfig:
             raise ValueError(f"num_hiddens must be at least 1, got {self.num_hiddens}")
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {self.num_layers}")
-        if self.cell in ("gru", "scratch") and self.recurrent_dropout > 0:
-            # GRUCell reuses h_{t-1} in its output interpolation, so a scaled mask on it
-            # would leak into the state and grow it step after step.
-            raise ValueError(f"recurrent_dropout is not supported for the {self.cell} cell; "
+        if self.cell == "scratch" and self.recurrent_dropout > 0:
+            raise ValueError("recurrent_dropout is not supported for the scratch cell; "
                              "use --recurrent-dropout 0")
         if self.cell == "scratch" and self.num_layers != 1:
             raise ValueError("the scratch RNN has exactly one layer; use --num-layers 1")

@@ -12,6 +12,8 @@ Naming: this project uses `num_hiddens` as the d2l book does. Flax cells call
 the same number `features`, and `RNNLM.__call__` is the one place that converts.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -42,7 +44,33 @@ def _with_recurrent_mask(base):
     return MaskedCell
 
 
+class MaskedGRUCell(nn.GRUCell):
+    """`nn.GRUCell` whose gates read a dropout-masked h_{t-1}, with the same parameters.
+
+    Masking the carry before `nn.GRUCell` would also scale the `z * h` term that
+    carries the state forward, which lets the state grow step after step; here
+    only the gates see the mask. With a mask of ones this is `nn.GRUCell` exactly.
+    """
+
+    @nn.compact
+    def __call__(self, carry, inputs, mask):
+        h = carry  # (B, H)
+        dense_h = functools.partial(nn.Dense, features=h.shape[-1], use_bias=False,
+                                    kernel_init=self.recurrent_kernel_init,
+                                    bias_init=self.bias_init)
+        dense_i = functools.partial(nn.Dense, features=h.shape[-1], use_bias=True,
+                                    kernel_init=self.kernel_init, bias_init=self.bias_init)
+        dropped = h * mask
+        r = self.gate_fn(dense_i(name="ir")(inputs) + dense_h(name="hr")(dropped))
+        z = self.gate_fn(dense_i(name="iz")(inputs) + dense_h(name="hz")(dropped))
+        n = self.activation_fn(
+            dense_i(name="in")(inputs) + r * dense_h(name="hn", use_bias=True)(dropped))
+        new_h = (1.0 - z) * n + z * h
+        return new_h, new_h
+
+
 MASKED_CELL_CLASSES = {name: _with_recurrent_mask(cls) for name, cls in CELL_CLASSES.items()}
+MASKED_CELL_CLASSES["gru"] = MaskedGRUCell
 
 
 def zero_carry(config: ModelConfig, batch_size: int) -> tuple:

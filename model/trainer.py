@@ -4,6 +4,7 @@ import dataclasses
 import logging
 import math
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,9 @@ from model.train_lib import (NonFiniteLossError, Score, TrainState, create_state
 
 log = logging.getLogger(__name__)
 
+# Checkpoints saved mid-epoch on an interruption get this metric, so the manager
+# never ranks them as the best: their parameters are not an evaluated epoch's.
+INTERRUPTED_METRIC = 1e9
 SAMPLE_PREFIX = "the time traveller"
 SAMPLE_CHARS = 60
 
@@ -81,6 +85,7 @@ class Run:
     epoch: int = 0  # epochs completed
     batch: int = 0  # batches done within the current epoch
     history: list = dataclasses.field(default_factory=list)
+    best_params: Any = None  # host copy of the parameters of the best epoch so far
 
     @property
     def best(self) -> float:
@@ -98,6 +103,12 @@ def restore_run(manager, run: Run, model_config: ModelConfig, config: TrainConfi
                        opt_state=restored["opt_state"], rng=restored["rng"])
     run = Run(state=state, carry=restored["carry"], epoch=int(restored["epoch"]),
               batch=int(restored["batch"]), history=list(meta["history"]))
+    best_step = manager.best_step()
+    if run.history and best_step == step and run.history[-1]["step"] == step:
+        run.best_params = jax.device_get(state.params)
+    elif run.history and best_step is not None:
+        best = checkpoint.restore_state(manager, best_step, state_tree(run.state, run.carry, 0, 0))
+        run.best_params = jax.device_get(best["params"])
     log.info("resumed from %s at step %d (epoch %d, batch %d)", manager.directory, step,
              run.epoch, run.batch)
     return run, bool(meta.get("finished"))
@@ -179,6 +190,8 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
         if manager is None:
             return
         meta = build_meta(model_config, config, vocab_chars, run.history, run.best, finished)
+        if finished:
+            meta["params_epoch"] = int(np.argmin([r["val_perplexity"] for r in run.history])) + 1
         checkpoint.save(manager, int(run.state.step),
                         state_tree(run.state, run.carry, run.epoch, run.batch), meta,
                         val_perplexity)
@@ -204,7 +217,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
                     val = evaluate(run.state.params, model_config, corpus.val, config.split,
                                    config.num_steps)
                     if math.isfinite(val.perplexity):
-                        save(False, val.perplexity)
+                        save(False, INTERRUPTED_METRIC)
                         log.warning("interrupted: saved step %d (epoch %d, batch %d); continue "
                                     "with --resume", int(run.state.step), run.epoch + 1, run.batch)
                 raise
@@ -215,6 +228,8 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
                            config.num_steps)
             check_finite(val.perplexity, "validation perplexity", run)
             improved = val.perplexity < run.best
+            if improved:
+                run.best_params = jax.device_get(run.state.params)
             record = {"epoch": run.epoch + 1, "step": int(run.state.step),
                       "train_perplexity": train_score.perplexity,
                       "val_perplexity": val.perplexity, "val_bits_per_char": val.bits_per_char,
@@ -238,7 +253,17 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
             stopped_early = config.patience > 0 and run.epoch - best_epoch >= config.patience
             if stopped_early:
                 log.info("stopping early: no better val perplexity for %d epochs", config.patience)
-            save(stopped_early or run.epoch == config.epochs, val.perplexity)
+            finished = stopped_early or run.epoch == config.epochs
+            metric = val.perplexity
+            if finished and not improved and run.best_params is not None:
+                # Ship the best epoch's parameters: the final checkpoint becomes the best
+                # one too, so a finished run keeps a single checkpoint on disk.
+                best_epoch = int(np.argmin([r["val_perplexity"] for r in run.history])) + 1
+                log.info("restoring the parameters of epoch %d (val perplexity %.3f) into the "
+                         "final checkpoint", best_epoch, run.best)
+                run.state = run.state.replace(params=run.best_params)
+                metric = run.best
+            save(finished, metric)
     finally:
         # Orbax saves in the background: wait, so no save is cut off on exit.
         if manager is not None:

@@ -54,19 +54,51 @@ def test_metadata_stands_alone(run):
     assert meta["finished"] is True
 
 
-def test_keeps_latest_and_best(tmp_path, corpus_text):
+def noisy_run(tmp_path, corpus_text, epochs=6, stop_after=None):
+    """Train with a high constant learning rate, so validation perplexity goes up and down."""
     corpus = build_corpus(corpus_text[:6_000], "d2l", "full", 16)
     config = ModelConfig(vocab_size=len(corpus.vocab), cell="rnn", num_hiddens=8)
-    # A high constant learning rate makes validation perplexity go up and down.
-    train = dataclasses.replace(TRAIN, epochs=6, lr=0.05, lr_schedule="constant")
-    result = fit(config, train, corpus, checkpoint_dir=tmp_path, progress=False)
-    history = result.history
+    train = dataclasses.replace(TRAIN, epochs=epochs, lr=0.2, lr_schedule="constant")
+    history = []
+
+    def record(entry):
+        history.append(entry)
+        if stop_after is not None and entry["epoch"] > stop_after:
+            raise KeyboardInterrupt
+
+    try:
+        fit(config, train, corpus, checkpoint_dir=tmp_path, progress=False, on_epoch=record)
+    except KeyboardInterrupt:
+        history.pop()  # that epoch was never saved
+    return config, history
+
+
+def test_keeps_latest_and_best_during_training(tmp_path, corpus_text):
+    _, history = noisy_run(tmp_path, corpus_text, epochs=8, stop_after=6)
     best_record = min(history, key=lambda record: record["val_perplexity"])
     manager = checkpoint.open_manager(tmp_path, read_only=True)
-    steps = manager.all_steps()
     assert manager.latest_step() == history[-1]["step"]
     assert manager.best_step() == best_record["step"]
-    assert sorted(steps) == sorted({history[-1]["step"], best_record["step"]})
+    assert sorted(manager.all_steps()) == sorted({history[-1]["step"], best_record["step"]})
+
+
+def test_finished_run_keeps_one_checkpoint_with_best_params(tmp_path, corpus_text):
+    from model.train_lib import evaluate
+
+    config, history = noisy_run(tmp_path, corpus_text, epochs=6)
+    best_index = min(range(len(history)), key=lambda i: history[i]["val_perplexity"])
+    assert best_index < len(history) - 1  # the last epoch is worse, so its params are replaced
+    manager = checkpoint.open_manager(tmp_path, read_only=True)
+    assert manager.all_steps() == [history[-1]["step"]]
+    meta = checkpoint.restore_meta(manager, manager.latest_step())
+    assert meta["finished"] is True
+    assert meta["params_epoch"] == best_index + 1
+    assert len(meta["history"]) == 6
+
+    loaded = pretrained.load(tmp_path)
+    corpus = build_corpus(corpus_text[:6_000], "d2l", "full", 16)
+    score = evaluate(loaded.params, config, corpus.val, "full", 16)
+    assert score.perplexity == pytest.approx(history[best_index]["val_perplexity"], rel=1e-5)
 
 
 def test_untrained_params_are_the_initialization(run):

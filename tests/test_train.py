@@ -178,7 +178,8 @@ def test_interrupt_mid_epoch_saves_and_resumes(tmp_path, corpus, tiny_model, mon
     from model import checkpoint
     manager = checkpoint.open_manager(tmp_path / "resumed", read_only=True)
     saved = checkpoint.restore_meta(manager, manager.latest_step())
-    assert len(saved["history"]) == 1 and not saved["finished"]
+    assert len(saved["history"]) == 1
+    assert not saved["finished"]
     assert manager.latest_step() == interrupt_at
     manager.close()
 
