@@ -28,8 +28,8 @@ ROOT = pathlib.Path(__file__).resolve().parent
 DEFAULT_PRESET = {
     "rnn": dict(num_hiddens=256, num_layers=2, dropout=0.3, input_dropout=0.0,
                 recurrent_dropout=0.1, lr=2e-3, epochs=100),
-    "gru": dict(num_hiddens=224, num_layers=2, dropout=0.4, input_dropout=0.05,
-                recurrent_dropout=0.25, lr=3e-3, epochs=100),
+    "gru": dict(num_hiddens=256, num_layers=2, dropout=0.4, input_dropout=0.05,
+                recurrent_dropout=0.25, lr=3e-3, epochs=85),
     "lstm": dict(num_hiddens=256, num_layers=2, dropout=0.4, input_dropout=0.05,
                  recurrent_dropout=0.25, lr=3e-3, epochs=70),
     "scratch": dict(num_hiddens=256, num_layers=1, dropout=0.3, lr=2e-3, epochs=40),

@@ -27,7 +27,8 @@ def save_score(directory: pathlib.Path, split_part: str, result: dict) -> pathli
     """Merge one split's score into the checkpoint's scores file (atomically replaced)."""
     path = directory / SCORES_FILE
     scores = json.loads(path.read_text()) if path.is_file() else {}
-    scores[split_part] = result
+    # The folder may move (a clone, a Space), so its absolute path is not recorded.
+    scores[split_part] = {key: value for key, value in result.items() if key != "checkpoint"}
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(scores, indent=2) + "\n")
     partial.replace(path)
