@@ -120,8 +120,11 @@ def warm_up(models: Models) -> None:
         seen.add(entry.config)
         started = time.perf_counter()
         pretrained = entry.pretrained
-        generate(pretrained.params, entry.config, pretrained.vocab, pretrained.preprocess,
-                 DEFAULT_PREFIX, MAX_CHARS, seed=0, temperature=1.0, top_k=0)
+        # Both parameter sets: restored arrays are committed to a device and fresh
+        # ones are not, and jit compiles each kind separately.
+        for params in (entry.untrained_params, pretrained.params):
+            generate(params, entry.config, pretrained.vocab, pretrained.preprocess,
+                     DEFAULT_PREFIX, MAX_CHARS, seed=0, temperature=1.0, top_k=0)
         ids = pretrained.vocab.encode(prepare_prefix(DEFAULT_PREFIX, pretrained.vocab,
                                                      pretrained.preprocess).primer)
         next_char_logits(pretrained.params, entry.config, ids)
