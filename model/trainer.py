@@ -86,6 +86,8 @@ class Run:
     batch: int = 0  # batches done within the current epoch
     history: list = dataclasses.field(default_factory=list)
     best_params: Any = None  # host copy of the parameters of the best epoch so far
+    loss_sum: float = 0.0  # training loss summed over the current epoch so far, nats
+    loss_count: float = 0.0  # characters behind loss_sum
 
     @property
     def best(self) -> float:
@@ -102,7 +104,9 @@ def restore_run(manager, run: Run, model_config: ModelConfig, config: TrainConfi
     state = TrainState(step=restored["step"], params=restored["params"],
                        opt_state=restored["opt_state"], rng=restored["rng"])
     run = Run(state=state, carry=restored["carry"], epoch=int(restored["epoch"]),
-              batch=int(restored["batch"]), history=list(meta["history"]))
+              batch=int(restored["batch"]), history=list(meta["history"]),
+              loss_sum=meta.get("epoch_loss_sum", 0.0),
+              loss_count=meta.get("epoch_loss_count", 0.0))
     best_step = manager.best_step()
     if run.history and best_step == step and run.history[-1]["step"] == step:
         run.best_params = jax.device_get(state.params)
@@ -126,7 +130,8 @@ def train_epoch(run: Run, train_chunk, batches, config: TrainConfig, progress: b
 
     `run.batch` advances after every call, so an interruption leaves a resumable position.
     """
-    loss_total, count_total = 0.0, 0.0
+    if run.batch == 0:
+        run.loss_sum, run.loss_count = 0.0, 0.0
     bar = tqdm(total=len(batches), initial=run.batch, unit="step", leave=False,
                desc=f"epoch {run.epoch + 1}/{config.epochs}", disable=not progress)
     with bar:
@@ -137,11 +142,11 @@ def train_epoch(run: Run, train_chunk, batches, config: TrainConfig, progress: b
             loss_sum = float(jnp.sum(metrics["loss_sum"]))  # waits for the device
             run.state, run.carry, run.batch = state, carry, end
             check_finite(loss_sum, "training loss", run)
-            loss_total += loss_sum
-            count_total += float(jnp.sum(metrics["count"]))
+            run.loss_sum += loss_sum
+            run.loss_count += float(jnp.sum(metrics["count"]))
             bar.update(end - begin)
-            bar.set_postfix(loss=f"{loss_total / max(count_total, 1.0):.3f}")
-    return Score(loss_total / max(count_total, 1.0), int(count_total))
+            bar.set_postfix(loss=f"{run.loss_sum / max(run.loss_count, 1.0):.3f}")
+    return Score(run.loss_sum / max(run.loss_count, 1.0), int(run.loss_count))
 
 
 def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
@@ -190,11 +195,23 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
         if manager is None:
             return
         meta = build_meta(model_config, config, vocab_chars, run.history, run.best, finished)
+        meta["epoch_loss_sum"], meta["epoch_loss_count"] = run.loss_sum, run.loss_count
         if finished:
             meta["params_epoch"] = int(np.argmin([r["val_perplexity"] for r in run.history])) + 1
         checkpoint.save(manager, int(run.state.step),
                         state_tree(run.state, run.carry, run.epoch, run.batch), meta,
                         val_perplexity)
+
+    def save_interrupted() -> None:
+        """Checkpoint the position reached when Ctrl-C or SIGTERM arrives, wherever it is."""
+        step = int(run.state.step)
+        if manager is None or step == 0 or manager.latest_step() == step:
+            return
+        at_epoch_end = run.batch == 0 and bool(run.history) and run.history[-1]["step"] == step
+        metric = run.history[-1]["val_perplexity"] if at_epoch_end else INTERRUPTED_METRIC
+        save(False, metric)
+        log.warning("interrupted: saved step %d (epoch %d, batch %d); continue with --resume",
+                    step, run.epoch + 1, run.batch)
 
     carry_over = config.batching == "sequential" and config.split != "d2l"
     train_chunk = make_train_chunk(model_config, tx, carry_over)
@@ -210,17 +227,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
             if run.batch == 0:
                 run.carry = zero_carry(model_config, config.batch_size)
             epoch_start = time.perf_counter()
-            try:
-                train_score = train_epoch(run, train_chunk, batches, config, progress)
-            except KeyboardInterrupt:
-                if manager is not None and run.state.step > 0:
-                    val = evaluate(run.state.params, model_config, corpus.val, config.split,
-                                   config.num_steps)
-                    if math.isfinite(val.perplexity):
-                        save(False, INTERRUPTED_METRIC)
-                        log.warning("interrupted: saved step %d (epoch %d, batch %d); continue "
-                                    "with --resume", int(run.state.step), run.epoch + 1, run.batch)
-                raise
+            train_score = train_epoch(run, train_chunk, batches, config, progress)
             epoch_seconds = time.perf_counter() - epoch_start
 
             # Evaluate, log and maybe sample.
@@ -264,6 +271,9 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
                 run.state = run.state.replace(params=run.best_params)
                 metric = run.best
             save(finished, metric)
+    except KeyboardInterrupt:
+        save_interrupted()
+        raise
     finally:
         # Orbax saves in the background: wait, so no save is cut off on exit.
         if manager is not None:

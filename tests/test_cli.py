@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -107,3 +108,33 @@ def test_help_lists_units():
     for text in ("--num-steps", "characters per training sequence", "0 = no clipping",
                  "--resume", "--preset"):
         assert text in result.stdout
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_then_resume_finishes(trained, tmp_path, signal_number):
+    data = trained[0]
+    checkpoint_dir = tmp_path / "run"
+    flags = ["--data", str(data), "--checkpoint-dir", str(checkpoint_dir), "--cell", "gru",
+             "--num-hiddens", "8", "--epochs", "200", "--batch-size", "4", "--num-steps", "16",
+             "--no-progress", "--sample-every", "0"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *flags], cwd=ROOT,
+                               stderr=subprocess.PIPE, text=True)
+    # Wait for the second epoch line, so at least one checkpoint exists, then interrupt.
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if "epoch   2 " in line:
+            process.send_signal(signal_number)
+            break
+    rest = process.communicate(timeout=120)[1]
+    output = "".join(lines) + rest
+    assert process.returncode == 130, output
+    assert "interrupted: saved step" in output
+    assert "--resume" in output
+
+    # Resume with a shorter schedule, so the test ends quickly.
+    resumed = run(str(ROOT / "train.py"), *flags, "--resume", "--epochs", "6")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
+    assert "epoch   6 " in resumed.stderr
+    assert "epoch   1 " not in resumed.stderr

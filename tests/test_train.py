@@ -185,6 +185,9 @@ def test_interrupt_mid_epoch_saves_and_resumes(tmp_path, corpus, tiny_model, mon
 
     resumed = fit(tiny_model, TINY_TRAIN, corpus, checkpoint_dir=tmp_path / "resumed",
                   resume=True, progress=False)
+    # The interrupted epoch's training loss is carried over, so its record matches too.
+    assert resumed.history[1]["train_perplexity"] == pytest.approx(
+        straight.history[1]["train_perplexity"], rel=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(straight.state.params),
                     jax.tree_util.tree_leaves(resumed.state.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
