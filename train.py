@@ -17,12 +17,14 @@ import sys
 from model import checkpoint
 from model.config import (BATCHINGS, CELLS, D2L_PRESET, OPTIMIZERS, PREPROCESS_MODES, SPLITS,
                           ModelConfig, TrainConfig)
-from model.data import CorpusError, build_corpus, find_corpus, read_corpus
+from model.data import (TIME_MACHINE_SHA1, CorpusError, build_corpus, find_corpus, read_corpus,
+                        sha1_of)
 from model.train_lib import NonFiniteLossError
 from model.trainer import ConfigMismatchError, fit
 
 log = logging.getLogger("train")
 ROOT = pathlib.Path(__file__).resolve().parent
+TIME_MACHINE_BYTES = 178_979
 
 # The shipped weights: per-cell settings chosen on the Time Machine's validation part.
 DEFAULT_PRESET = {
@@ -101,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     output = parser.add_argument_group("checkpoints and logging")
     output.add_argument("--checkpoint-dir",
                         help="where checkpoints go (default: checkpoints/<cell>, or "
-                             "checkpoints/rnn-d2l with --preset d2l)")
+                             "checkpoints/rnn-d2l with --preset d2l, when training on the "
+                             "Time Machine; runs/<data file name>-<cell> for another --data)")
     output.add_argument("--resume", action="store_true",
                         help="continue the run in --checkpoint-dir from its latest checkpoint")
     output.add_argument("--overwrite", action="store_true",
@@ -110,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="epochs between greedy samples in the log, 0 = never")
     output.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_preset_defaults(parser)
+    parser.epilog = "default preset per cell: " + "; ".join(
+        f"{cell}: " + ", ".join(f"{key}={value}" for key, value in values.items())
+        for cell, values in DEFAULT_PRESET.items())
     return parser
 
 
@@ -151,10 +157,25 @@ def resolve_settings(args) -> tuple[str, dict, TrainConfig]:
     return cell, model_values, TrainConfig(**values)
 
 
+def is_time_machine(path: pathlib.Path) -> bool:
+    return path.stat().st_size == TIME_MACHINE_BYTES and sha1_of(path) == TIME_MACHINE_SHA1
+
+
 def default_directory(args, cell: str) -> pathlib.Path:
+    """Return --checkpoint-dir, else the shipped folder for the Time Machine, else runs/<file>-<cell>.
+
+    Training on another corpus never touches the shipped checkpoints unless asked to.
+    """
     if args.checkpoint_dir:
-        return pathlib.Path(args.checkpoint_dir).expanduser().resolve()
-    return ROOT / "checkpoints" / (f"{cell}-d2l" if args.preset == "d2l" else cell)
+        directory = pathlib.Path(args.checkpoint_dir).expanduser().resolve()
+        if directory.exists() and not directory.is_dir():
+            raise checkpoint.CheckpointError(
+                f"--checkpoint-dir {directory} is a file, not a folder; choose another path")
+        return directory
+    name = f"{cell}-d2l" if args.preset == "d2l" else cell
+    if args.data and not is_time_machine(pathlib.Path(args.data).expanduser()):
+        return ROOT / "runs" / f"{pathlib.Path(args.data).stem}-{name}"
+    return ROOT / "checkpoints" / name
 
 
 def prepare_directory(directory: pathlib.Path, resume: bool, overwrite: bool) -> None:
@@ -202,8 +223,8 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         cell, model_values, train_config = resolve_settings(args)
-        directory = default_directory(args, cell)
         text = read_corpus(find_corpus(args.data, args.data_dir))
+        directory = default_directory(args, cell)
         corpus = build_corpus(text, train_config.preprocess, train_config.split,
                               train_config.num_steps)
         model_config = ModelConfig(vocab_size=len(corpus.vocab), cell=cell, **model_values)

@@ -40,6 +40,8 @@ def library_versions() -> dict:
 def open_manager(directory, read_only: bool = False) -> ocp.CheckpointManager:
     """Open (or create) a manager that keeps the latest and the best checkpoint."""
     directory = pathlib.Path(directory).expanduser().resolve()
+    if read_only and directory.is_file():
+        raise CheckpointError(f"{directory} is a file; pass the checkpoint folder instead")
     if read_only and not directory.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
     policy = checkpoint_managers.AnyPreservationPolicy([

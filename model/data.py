@@ -180,6 +180,12 @@ def build_corpus(text: str, preprocess_mode: str, split: str, num_steps: int,
                  vocab: Vocab | None = None) -> Corpus:
     """Preprocess `text`, build (or reuse) the vocabulary, encode and split it."""
     text = preprocess(text, preprocess_mode)
+    if len(text.strip()) < 2:
+        raise CorpusError(
+            f"the corpus has {len(text)} characters after {preprocess_mode} preprocessing, "
+            "which keeps only letters and spaces; use --preprocess raw or another file"
+            if preprocess_mode == "d2l" else
+            f"the corpus has {len(text)} characters; at least 2 are needed")
     if vocab is None:
         vocab = Vocab.from_text(text)
     else:

@@ -107,7 +107,10 @@ def make_train_chunk(model_config: ModelConfig, tx: optax.GradientTransformation
         metrics = {"loss_sum": loss_sum, "count": count, "grad_norm": optax.tree.norm(grads)}
         return (state, carry), metrics
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    # NOTE: the state is not donated. A Ctrl-C that lands after XLA has taken donated
+    # buffers would leave the last good state deleted, and the interrupt handler
+    # needs it to write a checkpoint.
+    @jax.jit
     def train_chunk(state, carry, inputs, targets, mask):
         (state, carry), metrics = jax.lax.scan(step, (state, carry), (inputs, targets, mask))
         return state, carry, metrics

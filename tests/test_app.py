@@ -342,7 +342,8 @@ def test_score_matches_stream_evaluation(models):
     expected = evaluate(entry.pretrained.params, entry.config, ids, "full", 16)
     row = table[table["model"] == "LSTM"].iloc[0]
     assert row["characters scored"] == len(ids) - 1
-    assert row["perplexity trained"] == pytest.approx(expected.perplexity, rel=1e-3)
+    # The table shows two decimals.
+    assert row["perplexity trained"] == pytest.approx(expected.perplexity, abs=0.006)
     assert row["bits/char trained"] == pytest.approx(expected.bits_per_char, abs=2e-3)
     assert row["perplexity trained"] < row["perplexity untrained"]
     assert heatmap.count("<span") == len(ids)
@@ -359,7 +360,7 @@ def test_score_odd_texts(models):
 
 
 def test_score_long_text_is_cut(models):
-    table, _, note = score_text(models, "ab " * 5_000, "lstm")
+    table, _, note = score_text(models, "at " * 5_000, "lstm")
     assert "first 10,000" in note
     assert table["characters scored"].iloc[0] == MAX_SCORE_CHARS - 1
 

@@ -13,7 +13,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import pytest  # noqa: E402
 
-from app_fixtures import PROJECT, running_app  # noqa: E402
+from app_fixtures import PROJECT, corpus_text, running_app  # noqa: E402
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright is not installed: pip install playwright")
@@ -94,6 +94,9 @@ def test_generate_streams_both_panels_and_stops(page):
 
 def test_train_live_runs_to_the_end(page):
     page.get_by_role("tab", name="Train live").click()
+    # Pasted text, so the test needs neither the Time Machine nor a network.
+    page.get_by_label("My text (pasted or uploaded)").check()
+    page.get_by_label("Your text").fill(corpus_text(6_000))
     for slider, value in (("live-hidden", "16"), ("live-epochs", "2")):
         number = page.locator(f"#{slider} input[type=number]")
         number.fill(value)
