@@ -9,6 +9,7 @@
 import argparse
 import dataclasses
 import logging
+import os
 import pathlib
 import shutil
 import signal
@@ -248,4 +249,14 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if exit_code == 130:
+        # NOTE: after an interrupt XLA may still be running the abandoned train step in
+        # its own threads, and tearing the interpreter down under it crashed with a
+        # segmentation fault in some runs. The checkpoint is on disk by now (fit waits
+        # for Orbax), so leave without the teardown.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+    sys.exit(exit_code)

@@ -205,7 +205,10 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
     def save_interrupted() -> None:
         """Checkpoint the position reached when Ctrl-C or SIGTERM arrives, wherever it is."""
         step = int(run.state.step)
-        if manager is None or step == 0 or manager.latest_step() == step:
+        if manager is None or step == 0:
+            return
+        if manager.latest_step() == step:
+            log.warning("interrupted: step %d is already saved; continue with --resume", step)
             return
         at_epoch_end = run.batch == 0 and bool(run.history) and run.history[-1]["step"] == step
         metric = run.history[-1]["val_perplexity"] if at_epoch_end else INTERRUPTED_METRIC
