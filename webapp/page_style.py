@@ -7,7 +7,8 @@ import numpy as np
 # Colour classes by the probability a model gave a character: p0 below 5% ... p4 from 80%.
 PROBABILITY_BINS = (0.05, 0.2, 0.5, 0.8)
 CSS = """
-.prose.sample-text { white-space: pre-wrap; font-family: var(--font-mono); line-height: 1.7;
+.prose.sample-text { white-space: pre-wrap; overflow-wrap: anywhere; word-break: break-all;
+  font-family: var(--font-mono); line-height: 1.7;
   min-height: 10em; max-height: 26em; overflow-y: auto; padding: 10px 12px;
   border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg); }
 .prose.sample-text .prefix { color: var(--body-text-color-subdued); font-style: italic; }
