@@ -85,7 +85,7 @@ def overlapping_windows(ids: np.ndarray, num_steps: int, num_windows: int) -> np
 
 def d2l_batches(ids: np.ndarray, batch_size: int, num_steps: int,
                 rng: np.random.Generator | None) -> Batches:
-    """The book's batches: every window start shuffled (if `rng`), the last batch partial."""
+    """Build the book's batches: every window start, shuffled if `rng` is given, the last batch partial."""
     num_windows = len(ids) - num_steps
     windows = overlapping_windows(ids, num_steps, num_windows)
     if rng is not None:
@@ -94,7 +94,7 @@ def d2l_batches(ids: np.ndarray, batch_size: int, num_steps: int,
 
 
 def stream_windows(ids: np.ndarray, window: int) -> Batches:
-    """One continuous stream (batch 1) cut into windows of `window` characters, carry passed."""
+    """Cut one continuous stream (batch 1) into windows of `window` characters, carry passed on."""
     if len(ids) < 2:
         raise CorpusError(f"cannot evaluate on {len(ids)} characters; at least 2 are needed")
     num_windows = -(-(len(ids) - 1) // window)
@@ -111,7 +111,7 @@ def stream_windows(ids: np.ndarray, window: int) -> Batches:
 
 def epoch_batches(ids: np.ndarray, batching: str, split: str, batch_size: int, num_steps: int,
                   rng: np.random.Generator) -> Batches:
-    """The training batches of one epoch for the configured layout."""
+    """Build the training batches of one epoch for the configured layout."""
     if split == "d2l":
         return d2l_batches(ids, batch_size, num_steps, rng)
     if batching == "sequential":

@@ -1,7 +1,7 @@
 """Corpus loading, preprocessing, the character vocabulary and the splits.
 
 The vocabulary has no `<unk>` token. Characters outside it are removed from a
-prefix before the model sees it (and the caller is told what was removed), so
+prefix before the model reads it (and the caller gets the removed ones back), so
 generated text can only ever contain characters that were in the training text.
 """
 
@@ -157,8 +157,8 @@ def split_ids(ids: np.ndarray, split: str, num_steps: int) -> tuple[np.ndarray, 
 
     `full`: contiguous 90% / 5% / 5%. `d2l`: the book's split, where training windows
     of num_steps + 1 characters start at 0..9999 and validation windows at
-    10000..14999; the parts returned are the character spans those windows cover
-    (they overlap by num_steps characters, as in the book) and test is empty.
+    10000..14999. The parts returned are the character spans those windows cover,
+    which overlap by num_steps characters as in the book, and test is empty.
     """
     if split == "full":
         num_train = int(len(ids) * 0.9)

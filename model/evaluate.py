@@ -4,7 +4,7 @@
 
 The corpus is rebuilt with the checkpoint's own preprocessing, vocabulary and
 split. On the `full` split the part is read as one continuous stream with the
-carry passed from window to window; on the `d2l` split each of the book's
+carry passed from window to window. On the `d2l` split each of the book's
 validation windows starts from a zero carry and the loss is averaged over them.
 """
 

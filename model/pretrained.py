@@ -32,7 +32,7 @@ class Pretrained:
         return self.directory.name
 
     def untrained_params(self) -> dict:
-        """The same network at step 0: re-initialized from the run's seed."""
+        """Re-initialize the same network from the run's seed: the model at step 0."""
         return init_params(self.model_config, self.train_config.seed)
 
 

@@ -48,8 +48,8 @@ class MaskedGRUCell(nn.GRUCell):
     """`nn.GRUCell` whose gates read a dropout-masked h_{t-1}, with the same parameters.
 
     Masking the carry before `nn.GRUCell` would also scale the `z * h` term that
-    carries the state forward, which lets the state grow step after step; here
-    only the gates see the mask. With a mask of ones this is `nn.GRUCell` exactly.
+    carries the state forward, and the state would grow step after step. Here only
+    the gates see the mask. With a mask of ones this is `nn.GRUCell` exactly.
     """
 
     @nn.compact
@@ -69,8 +69,8 @@ class MaskedGRUCell(nn.GRUCell):
         return new_h, new_h
 
 
-MASKED_CELL_CLASSES = {name: _with_recurrent_mask(cls) for name, cls in CELL_CLASSES.items()}
-MASKED_CELL_CLASSES["gru"] = MaskedGRUCell
+MASKED_CELL_CLASSES = {"rnn": _with_recurrent_mask(nn.SimpleCell), "gru": MaskedGRUCell,
+                       "lstm": _with_recurrent_mask(nn.LSTMCell)}
 
 
 def zero_carry(config: ModelConfig, batch_size: int) -> tuple:
@@ -122,7 +122,7 @@ class RNNLM(nn.Module):
         return tuple(new_carry), logits
 
     def recurrent_mask(self, batch_size: int, deterministic: bool):
-        """A scaled keep mask (B, H) for the hidden state, ones when not dropping."""
+        """Return a scaled keep mask (B, H) for the hidden state, all ones when not dropping."""
         rate = self.config.recurrent_dropout
         shape = (batch_size, self.config.num_hiddens)
         if deterministic or rate == 0.0:

@@ -100,7 +100,7 @@ def generate_ids(params, config: ModelConfig, prefix_ids, prefix_len, key, tempe
 
 @dataclasses.dataclass(frozen=True)
 class PreparedPrefix:
-    """A prefix as the model sees it."""
+    """A prefix as the model reads it."""
 
     text: str  # after the checkpoint's preprocessing, with unknown characters removed
     removed: str  # distinct characters that were not in the vocabulary

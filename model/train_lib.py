@@ -80,7 +80,7 @@ def make_train_chunk(model_config: ModelConfig, tx: optax.GradientTransformation
     """Build a jitted function that takes K optimizer steps in one call.
 
     The returned function maps (state, carry, inputs, targets, mask), with the batch
-    arrays shaped (K, B, T), to (state, carry, metrics) where metrics holds per-step
+    arrays shaped (K, B, T), to (state, carry, metrics) where metrics contains per-step
     `loss_sum`, `count` and `grad_norm`, each (K,).
     """
     model = build_model(model_config, unroll=unroll)
@@ -136,7 +136,7 @@ def evaluate_batches(params, config: ModelConfig, inputs, targets, mask, carry_o
 
 
 def eval_batches(ids: np.ndarray, split: str, num_steps: int) -> Batches:
-    """The evaluation layout: the book's windows for `d2l`, one continuous stream for `full`."""
+    """Build the evaluation layout: the book's windows for `d2l`, one continuous stream for `full`."""
     if split == "d2l":
         num_windows = min(D2L_NUM_VAL, len(ids) - num_steps)
         return d2l_batches(ids[:num_windows + num_steps], 1024, num_steps, rng=None)

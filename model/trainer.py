@@ -78,7 +78,7 @@ def check_resume_compatible(meta: dict, model_config: ModelConfig, train_config:
 
 @dataclasses.dataclass
 class Run:
-    """The mutable position of a training run: where it is and what it has done."""
+    """Mutable position and record of a training run."""
 
     state: TrainState
     carry: tuple
@@ -92,6 +92,13 @@ class Run:
     @property
     def best(self) -> float:
         return min((record["val_perplexity"] for record in self.history), default=math.inf)
+
+    @property
+    def best_epoch(self) -> int:
+        """Return the 1-based epoch with the lowest validation perplexity (0 before any)."""
+        if not self.history:
+            return 0
+        return int(np.argmin([record["val_perplexity"] for record in self.history])) + 1
 
 
 def restore_run(manager, run: Run, model_config: ModelConfig, config: TrainConfig,
@@ -156,7 +163,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
 
     `on_epoch(record)` is called after every epoch with that epoch's history record.
     A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by train.py) saves a
-    checkpoint at the exact position reached, then propagates; `resume=True`
+    checkpoint at the exact position reached and then propagates. `resume=True`
     continues from there to the same result as an uninterrupted run.
     """
     config = train_config
@@ -197,7 +204,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
         meta = build_meta(model_config, config, vocab_chars, run.history, run.best, finished)
         meta["epoch_loss_sum"], meta["epoch_loss_count"] = run.loss_sum, run.loss_count
         if finished:
-            meta["params_epoch"] = int(np.argmin([r["val_perplexity"] for r in run.history])) + 1
+            meta["params_epoch"] = run.best_epoch
         checkpoint.save(manager, int(run.state.step),
                         state_tree(run.state, run.carry, run.epoch, run.batch), meta,
                         val_perplexity)
@@ -259,8 +266,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
                 on_epoch(record)
 
             # Maybe stop early, then checkpoint.
-            best_epoch = int(np.argmin([r["val_perplexity"] for r in run.history])) + 1
-            stopped_early = config.patience > 0 and run.epoch - best_epoch >= config.patience
+            stopped_early = config.patience > 0 and run.epoch - run.best_epoch >= config.patience
             if stopped_early:
                 log.info("stopping early: no better val perplexity for %d epochs", config.patience)
             finished = stopped_early or run.epoch == config.epochs
@@ -268,9 +274,8 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
             if finished and not improved and run.best_params is not None:
                 # Ship the best epoch's parameters: the final checkpoint becomes the best
                 # one too, so a finished run keeps a single checkpoint on disk.
-                best_epoch = int(np.argmin([r["val_perplexity"] for r in run.history])) + 1
                 log.info("restoring the parameters of epoch %d (val perplexity %.3f) into the "
-                         "final checkpoint", best_epoch, run.best)
+                         "final checkpoint", run.best_epoch, run.best)
                 run.state = run.state.replace(params=run.best_params)
                 metric = run.best
             save(finished, metric)

@@ -51,9 +51,11 @@ def test_d2l_split_matches_the_book_windows():
     train, val, test = split_ids(ids, "d2l", num_steps=32)
     # Training windows start at 0..9999, validation windows at 10000..14999.
     assert len(train) == 10_000 + 32
-    assert train[0] == 0 and train[-1] == 9_999 + 32
+    assert train[0] == 0
+    assert train[-1] == 9_999 + 32
     assert len(val) == 5_000 + 32
-    assert val[0] == 10_000 and val[-1] == 14_999 + 32
+    assert val[0] == 10_000
+    assert val[-1] == 14_999 + 32
     assert len(test) == 0
 
 
