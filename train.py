@@ -4,6 +4,8 @@
     python train.py --cell gru           # the same for the GRU (checkpoints/gru)
     python train.py --preset d2l         # the book's RNN settings (checkpoints/rnn-d2l)
     python train.py --data my.txt --preprocess raw --checkpoint-dir runs/mine
+    python train.py --prepared data/big  # a corpus encoded by `python -m model.prepare`
+    python train.py --devices 4          # split each batch over 4 devices
 """
 
 import argparse
@@ -15,11 +17,16 @@ import shutil
 import signal
 import sys
 
+import jax
+from jax.experimental import multihost_utils
+
 from model import checkpoint
 from model.config import (BATCHINGS, CELLS, D2L_PRESET, OPTIMIZERS, PREPROCESS_MODES, SPLITS,
                           ModelConfig, TrainConfig)
-from model.data import (TIME_MACHINE_SHA1, CorpusError, build_corpus, find_corpus, read_corpus,
-                        sha1_of)
+from model.data import (TIME_MACHINE_SHA1, Corpus, CorpusError, build_corpus, find_corpus,
+                        read_corpus, sha1_of)
+from model.parallel import coordinator_settings, initialize_distributed
+from model.prepare import load_prepared, read_meta
 from model.train_lib import NonFiniteLossError
 from model.trainer import ConfigMismatchError, fit
 
@@ -52,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--data", help="UTF-8 text file to train on; default: the Time Machine "
                                      "from --data-dir, downloaded there if missing")
+    data.add_argument("--prepared", metavar="DIR",
+                      help="train from a corpus encoded by `python -m model.prepare` into DIR, "
+                           "memory-mapped rather than loaded (its preprocessing mode applies)")
     data.add_argument("--data-dir", help="cache folder for the downloaded Time Machine "
                                          "(default: ~/.cache/concise_rnn)")
     data.add_argument("--preprocess", choices=PREPROCESS_MODES,
@@ -100,6 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "order")
     optim.add_argument("--steps-per-call", type=int,
                        help="optimizer steps fused into one jitted call")
+
+    devices = parser.add_argument_group(
+        "devices", "data parallelism: each batch is split over the devices, parameters are "
+                   "replicated; several hosts join with the three coordinator settings")
+    devices.add_argument("--devices", type=int,
+                         help="devices to split each batch over; --batch-size must be a "
+                              "multiple of it (default: every device JAX sees)")
+    devices.add_argument("--coordinator", metavar="HOST:PORT",
+                         help="address of process 0 for multi-process training (or set "
+                              "JAX_COORDINATOR_ADDRESS); needs --num-processes and --process-id")
+    devices.add_argument("--num-processes", type=int,
+                         help="processes in a multi-process run (or JAX_NUM_PROCESSES)")
+    devices.add_argument("--process-id", type=int,
+                         help="this process's index, 0 to N-1; 0 writes the logs "
+                              "(or JAX_PROCESS_ID)")
 
     output = parser.add_argument_group("checkpoints and logging")
     output.add_argument("--checkpoint-dir",
@@ -174,6 +199,8 @@ def default_directory(args, cell: str) -> pathlib.Path:
                 f"--checkpoint-dir {directory} is a file, not a folder; choose another path")
         return directory
     name = f"{cell}-d2l" if args.preset == "d2l" else cell
+    if args.prepared:
+        return ROOT / "runs" / f"{pathlib.Path(args.prepared).resolve().name}-{name}"
     if args.data and not is_time_machine(pathlib.Path(args.data).expanduser()):
         return ROOT / "runs" / f"{pathlib.Path(args.data).stem}-{name}"
     return ROOT / "checkpoints" / name
@@ -210,6 +237,45 @@ def prepare_directory(directory: pathlib.Path, resume: bool, overwrite: bool) ->
     log.info("%s contained a finished run; moved it to %s", directory, backup)
 
 
+def join_processes(args) -> None:
+    """Join a multi-process run when coordinator settings are given; quiet all but process 0."""
+    initialize_distributed(coordinator_settings(args.coordinator, args.num_processes,
+                                                args.process_id))
+    if jax.process_index() != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+def load_corpus(args, train_config: TrainConfig) -> tuple[Corpus, TrainConfig]:
+    """Read --prepared (memory-mapped) or --data / the Time Machine (in memory).
+
+    A prepared corpus fixes the preprocessing mode, which train_config then records.
+    """
+    if args.prepared:
+        if args.data:
+            raise ValueError("pass either --data or --prepared, not both")
+        mode = read_meta(args.prepared)["preprocess"]
+        if args.preprocess and args.preprocess != mode:
+            raise ValueError(f"--preprocess {args.preprocess} differs from the prepared "
+                             f"corpus's mode {mode!r}; leave --preprocess out or prepare it "
+                             "again")
+        train_config = dataclasses.replace(train_config, preprocess=mode)
+        corpus = load_prepared(args.prepared, train_config.split, train_config.num_steps)
+        log.info("data: %s, memory-mapped", pathlib.Path(args.prepared).resolve())
+        return corpus, train_config
+    text = read_corpus(find_corpus(args.data, args.data_dir))
+    return build_corpus(text, train_config.preprocess, train_config.split,
+                        train_config.num_steps), train_config
+
+
+def flag_message(error: ValueError) -> str:
+    """Spell a setting name that starts the message as its flag (num_hiddens as --num-hiddens)."""
+    message = str(error)
+    name = message.split(" ", 1)[0]
+    if name in MODEL_FLAGS + TRAIN_FLAGS:
+        return "--" + name.replace("_", "-") + message[len(name):]
+    return message
+
+
 def raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -224,24 +290,30 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         cell, model_values, train_config = resolve_settings(args)
-        text = read_corpus(find_corpus(args.data, args.data_dir))
+        join_processes(args)
+        corpus, train_config = load_corpus(args, train_config)
         directory = default_directory(args, cell)
-        corpus = build_corpus(text, train_config.preprocess, train_config.split,
-                              train_config.num_steps)
         model_config = ModelConfig(vocab_size=len(corpus.vocab), cell=cell, **model_values)
-        prepare_directory(directory, args.resume, args.overwrite)
+        if jax.process_index() == 0:
+            prepare_directory(directory, args.resume, args.overwrite)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("checkpoint directory ready")
         log.info("checkpoints: %s", directory)
         result = fit(model_config, train_config, corpus, checkpoint_dir=directory,
-                     resume=args.resume, progress=not args.no_progress)
+                     resume=args.resume, progress=not args.no_progress and
+                     jax.process_index() == 0, devices=args.devices)
     except KeyboardInterrupt:
         log.warning("training interrupted; run the same command with --resume to continue")
         return 130
     except ValueError as error:
-        log.error("invalid setting: %s", error)
+        log.error("invalid setting: %s", flag_message(error))
         return 2
     except (CorpusError, checkpoint.CheckpointError, ConfigMismatchError,
             NonFiniteLossError) as error:
         log.error("%s", error)
+        return 1
+    except OSError as error:
+        log.error("%s; check that the path exists and that you may read and write it", error)
         return 1
     log.info("done: best val perplexity %.3f after %d epochs; checkpoints in %s",
              result.best_val_perplexity, len(result.history), directory)

@@ -133,9 +133,8 @@ def train_live(model_config: ModelConfig, config: TrainConfig, corpus: Corpus, *
         # Fused train steps; report after each chunk so a cancel takes effect quickly.
         for begin in range(0, usable, config.steps_per_call):
             end = begin + config.steps_per_call
-            state, carry, metrics = train_chunk(state, carry, batches.inputs[begin:end],
-                                                batches.targets[begin:end],
-                                                batches.mask[begin:end])
+            state, carry, metrics = train_chunk(state, carry,
+                                                *batches.take(begin, end))  # (K, B, T) each
             loss_sum += float(jnp.sum(metrics["loss_sum"]))
             count += float(jnp.sum(metrics["count"]))
             if not math.isfinite(loss_sum):

@@ -152,6 +152,11 @@ class Corpus:
     split: str
 
 
+def full_split_sizes(num_chars: int) -> tuple[int, int]:
+    """Return (train, validation) lengths of the `full` split; the test part is the rest."""
+    return int(num_chars * 0.9), int(num_chars * 0.05)
+
+
 def split_ids(ids: np.ndarray, split: str, num_steps: int) -> tuple[np.ndarray, ...]:
     """Split an id stream into (train, val, test) parts.
 
@@ -161,8 +166,7 @@ def split_ids(ids: np.ndarray, split: str, num_steps: int) -> tuple[np.ndarray, 
     which overlap by num_steps characters as in the book, and test is empty.
     """
     if split == "full":
-        num_train = int(len(ids) * 0.9)
-        num_val = int(len(ids) * 0.05)
+        num_train, num_val = full_split_sizes(len(ids))
         return ids[:num_train], ids[num_train:num_train + num_val], ids[num_train + num_val:]
     if split == "d2l":
         needed = D2L_NUM_TRAIN + D2L_NUM_VAL + num_steps

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -15,6 +14,7 @@ from model import checkpoint
 from model.batching import epoch_batches
 from model.config import ModelConfig, TrainConfig, to_dict
 from model.data import Corpus
+from model.parallel import DataParallel, describe, make_data_parallel, to_host
 from model.rnn import count_params, zero_carry
 from model.sampling import sample
 from model.train_lib import (NonFiniteLossError, Score, TrainState, create_state, evaluate,
@@ -31,6 +31,9 @@ SAMPLE_CHARS = 60
 
 class ConfigMismatchError(Exception):
     """--resume was given a configuration that differs from the checkpoint's."""
+
+
+RESUME_FIX = "; pass the checkpoint's values to resume it, or choose another --checkpoint-dir"
 
 
 @dataclasses.dataclass
@@ -55,25 +58,28 @@ def state_tree(state: TrainState, carry, epoch: int, batch: int) -> dict:
 def check_resume_compatible(meta: dict, model_config: ModelConfig, train_config: TrainConfig,
                             vocab_chars: list[str]) -> None:
     """Reject resuming with a model, data or schedule that differs from the checkpoint's."""
+    # The vocabulary first: another corpus also changes vocab_size in the model config.
+    if meta["vocab"] != vocab_chars:
+        raise ConfigMismatchError(
+            f"cannot resume, the vocabulary differs: checkpoint has {len(meta['vocab'])} characters "
+            f"{''.join(meta['vocab'])!r}, the corpus gives {len(vocab_chars)} "
+            f"{''.join(vocab_chars)!r}; resume with the --data and --preprocess the run started "
+            "with, or choose another --checkpoint-dir")
     saved_model, current_model = meta["model_config"], to_dict(model_config)
     if saved_model != current_model:
         differences = {key: (saved_model.get(key), current_model[key]) for key in current_model
                        if saved_model.get(key) != current_model[key]}
         details = ", ".join(f"{key}: checkpoint {old!r} vs requested {new!r}"
                             for key, (old, new) in differences.items())
-        raise ConfigMismatchError(f"cannot resume, the model differs from the checkpoint's ({details})")
-    if meta["vocab"] != vocab_chars:
-        raise ConfigMismatchError(
-            f"cannot resume, the vocabulary differs: checkpoint has {len(meta['vocab'])} characters "
-            f"{''.join(meta['vocab'])!r}, the corpus gives {len(vocab_chars)} "
-            f"{''.join(vocab_chars)!r}")
+        raise ConfigMismatchError(f"cannot resume, the model differs from the checkpoint's "
+                                  f"({details}){RESUME_FIX}")
     saved_train = meta["train_config"]
     fixed = ("batch_size", "num_steps", "optimizer", "preprocess", "split", "batching", "seed")
     for key in fixed:
         if saved_train.get(key) != getattr(train_config, key):
             raise ConfigMismatchError(
                 f"cannot resume, {key} differs: checkpoint {saved_train.get(key)!r} vs requested "
-                f"{getattr(train_config, key)!r}")
+                f"{getattr(train_config, key)!r}{RESUME_FIX}")
 
 
 @dataclasses.dataclass
@@ -128,15 +134,19 @@ def restore_run(manager, run: Run, model_config: ModelConfig, config: TrainConfi
 def check_finite(value: float, what: str, run: Run) -> None:
     if not math.isfinite(value):
         raise NonFiniteLossError(
-            f"the {what} became {value} at epoch {run.epoch + 1}, step {int(run.state.step)}; "
+            f"the {what} became {value} at epoch {run.epoch + 1}, "
+            f"step {int(to_host(run.state.step))}; "
             "no checkpoint was written after the last good one. Lower --lr or keep --grad-clip on")
 
 
-def train_epoch(run: Run, train_chunk, batches, config: TrainConfig, progress: bool) -> Score:
+def train_epoch(run: Run, train_chunk, batches, config: TrainConfig, parallel: DataParallel,
+                progress: bool) -> Score:
     """Take the remaining steps of the current epoch, K per jitted call; return its train score.
 
     `run.batch` advances after every call, so an interruption leaves a resumable position.
+    Each call's batches are placed split along the mesh's data axis.
     """
+    rows = parallel.local_rows(config.batch_size)
     if run.batch == 0:
         run.loss_sum, run.loss_count = 0.0, 0.0
     bar = tqdm(total=len(batches), initial=run.batch, unit="step", leave=False,
@@ -144,13 +154,15 @@ def train_epoch(run: Run, train_chunk, batches, config: TrainConfig, progress: b
     with bar:
         while run.batch < len(batches):
             begin, end = run.batch, min(run.batch + config.steps_per_call, len(batches))
-            state, carry, metrics = train_chunk(run.state, run.carry, batches.inputs[begin:end],
-                                                batches.targets[begin:end], batches.mask[begin:end])
-            loss_sum = float(jnp.sum(metrics["loss_sum"]))  # waits for the device
+            inputs, targets, mask = (parallel.put_batch(array, config.batch_size)
+                                     for array in batches.take(begin, end, rows))  # (K, B, T)
+            state, carry, metrics = train_chunk(run.state, run.carry, inputs, targets, mask)
+            metrics = to_host(metrics)  # waits for the devices
+            loss_sum = float(np.sum(metrics["loss_sum"]))
             run.state, run.carry, run.batch = state, carry, end
             check_finite(loss_sum, "training loss", run)
             run.loss_sum += loss_sum
-            run.loss_count += float(jnp.sum(metrics["count"]))
+            run.loss_count += float(np.sum(metrics["count"]))
             bar.update(end - begin)
             bar.set_postfix(loss=f"{run.loss_sum / max(run.loss_count, 1.0):.3f}")
     return Score(run.loss_sum / max(run.loss_count, 1.0), int(run.loss_count))
@@ -158,15 +170,17 @@ def train_epoch(run: Run, train_chunk, batches, config: TrainConfig, progress: b
 
 def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
         checkpoint_dir=None, resume: bool = False, progress: bool = True,
-        on_epoch=None) -> FitResult:
+        on_epoch=None, devices: int | None = None) -> FitResult:
     """Train, evaluating on the validation part after each epoch and checkpointing it.
 
     `on_epoch(record)` is called after every epoch with that epoch's history record.
     A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by train.py) saves a
     checkpoint at the exact position reached and then propagates. `resume=True`
     continues from there to the same result as an uninterrupted run.
+    `devices` is how many devices share each batch (None: every device JAX sees).
     """
     config = train_config
+    parallel = make_data_parallel(devices, config.batch_size)
     steps_per_epoch = len(epoch_batches(corpus.train, config.batching, config.split,
                                         config.batch_size, config.num_steps,
                                         epoch_rng(config.seed, 0)))
@@ -189,14 +203,15 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
                      "nothing to do", len(run.history), run.best)
             manager.close()
             return FitResult(run.state, run.history, run.best, finished=True)
+    run.state, run.carry = parallel.put_replicated(run.state), parallel.put_carry(run.carry)
 
     log.info("model: %s cell, %d layer(s) x %d hidden, %s parameters, vocab %d",
              model_config.cell, model_config.num_layers, model_config.num_hiddens,
              f"{count_params(run.state.params):,}", model_config.vocab_size)
     log.info("data: %s train / %s val / %s test characters, %d steps of %d x %d per epoch, "
-             "device %s", f"{len(corpus.train):,}", f"{len(corpus.val):,}",
+             "on %s", f"{len(corpus.train):,}", f"{len(corpus.val):,}",
              f"{len(corpus.test):,}", steps_per_epoch, config.batch_size, config.num_steps,
-             jax.devices()[0].platform)
+             describe(parallel))
 
     def save(finished: bool, val_perplexity: float) -> None:
         if manager is None:
@@ -205,13 +220,13 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
         meta["epoch_loss_sum"], meta["epoch_loss_count"] = run.loss_sum, run.loss_count
         if finished:
             meta["params_epoch"] = run.best_epoch
-        checkpoint.save(manager, int(run.state.step),
-                        state_tree(run.state, run.carry, run.epoch, run.batch), meta,
+        checkpoint.save(manager, int(to_host(run.state.step)),
+                        to_host(state_tree(run.state, run.carry, run.epoch, run.batch)), meta,
                         val_perplexity)
 
     def save_interrupted() -> None:
         """Checkpoint the position reached when Ctrl-C or SIGTERM arrives, wherever it is."""
-        step = int(run.state.step)
+        step = int(to_host(run.state.step))
         if manager is None or step == 0:
             return
         if manager.latest_step() == step:
@@ -235,19 +250,21 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
                                     config.batch_size, config.num_steps,
                                     epoch_rng(config.seed, run.epoch))
             if run.batch == 0:
-                run.carry = zero_carry(model_config, config.batch_size)
+                run.carry = parallel.put_carry(zero_carry(model_config, config.batch_size))
             epoch_start = time.perf_counter()
-            train_score = train_epoch(run, train_chunk, batches, config, progress)
+            train_score = train_epoch(run, train_chunk, batches, config, parallel, progress)
             epoch_seconds = time.perf_counter() - epoch_start
 
             # Evaluate, log and maybe sample.
-            val = evaluate(run.state.params, model_config, corpus.val, config.split,
-                           config.num_steps)
+            # One host copy of the parameters: evaluating replicated parameters would
+            # repeat the same work on every device.
+            params = to_host(run.state.params)
+            val = evaluate(params, model_config, corpus.val, config.split, config.num_steps)
             check_finite(val.perplexity, "validation perplexity", run)
             improved = val.perplexity < run.best
             if improved:
-                run.best_params = jax.device_get(run.state.params)
-            record = {"epoch": run.epoch + 1, "step": int(run.state.step),
+                run.best_params = params
+            record = {"epoch": run.epoch + 1, "step": int(to_host(run.state.step)),
                       "train_perplexity": train_score.perplexity,
                       "val_perplexity": val.perplexity, "val_bits_per_char": val.bits_per_char,
                       "chars_per_sec": train_score.num_chars / epoch_seconds,
@@ -259,7 +276,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
                      record["val_perplexity"], record["val_bits_per_char"],
                      " *" if improved else "  ", record["chars_per_sec"], record["wall_time"])
             if config.sample_every and record["epoch"] % config.sample_every == 0:
-                text = sample(run.state.params, model_config, corpus.vocab, config.preprocess,
+                text = sample(params, model_config, corpus.vocab, config.preprocess,
                               SAMPLE_PREFIX, SAMPLE_CHARS, temperature=0.0).text
                 log.info("sample: %r", SAMPLE_PREFIX + text)
             if on_epoch is not None:
@@ -276,7 +293,7 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
                 # one too, so a finished run keeps a single checkpoint on disk.
                 log.info("restoring the parameters of epoch %d (val perplexity %.3f) into the "
                          "final checkpoint", run.best_epoch, run.best)
-                run.state = run.state.replace(params=run.best_params)
+                run.state = run.state.replace(params=parallel.put_replicated(run.best_params))
                 metric = run.best
             save(finished, metric)
     except KeyboardInterrupt:
