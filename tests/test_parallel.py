@@ -3,13 +3,16 @@
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from model.parallel import ParallelError, check_split, coordinator_settings, make_data_parallel
+from model.pretrained import load
 
 PROJECT = pathlib.Path(__file__).resolve().parents[1]
 FOUR_DEVICES = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
@@ -87,3 +90,37 @@ def test_coordinator_settings_need_all_three(monkeypatch):
     monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
     monkeypatch.setenv("JAX_PROCESS_ID", "3")
     assert coordinator_settings(None, None, None) == ("10.0.0.1:1234", 4, 3)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_train_like_one_and_only_process_0_logs(tmp_path, corpus_file):
+    """Two train.py processes with 2 devices each, joined through a coordinator on 127.0.0.1."""
+    common = [sys.executable, str(PROJECT / "train.py"), "--data", str(corpus_file),
+              "--cell", "gru", "--num-hiddens", "16", "--num-layers", "1", "--epochs", "1",
+              "--batch-size", "16", "--num-steps", "32", "--no-progress"]
+    port = free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu", JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}")
+    processes = [subprocess.Popen(
+        common + ["--checkpoint-dir", str(tmp_path / "two"), "--coordinator",
+                  f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(index)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in (0, 1)]
+    logs = [process.communicate(timeout=600)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], logs[0][-2000:]
+    assert "on 4 cpu device(s)" in logs[0] and "in 2 process(es)" in logs[0]
+    assert "epoch   1" in logs[0] and "epoch   1" not in logs[1]
+
+    single = subprocess.run(common + ["--checkpoint-dir", str(tmp_path / "one"), "--devices",
+                                      "1"], capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    two, one = load(tmp_path / "two", "latest"), load(tmp_path / "one", "latest")
+    assert two.step == one.step > 0
+    for left, right in zip(jax.tree_util.tree_leaves(two.params),
+                           jax.tree_util.tree_leaves(one.params)):
+        np.testing.assert_allclose(np.asarray(left), np.asarray(right), atol=1e-4)
