@@ -9,6 +9,9 @@ With several processes (hosts), each process builds only its own rows of each
 batch and `jax.make_array_from_process_local_data` assembles the global array.
 Process 0 writes the logs; every process takes part in each checkpoint save, as
 Orbax requires, and Orbax commits it from process 0.
+
+NOTE: the multi-process path is tested with two processes on one machine (CPU
+devices, Gloo collectives, a loopback coordinator), not across real hosts.
 """
 
 import dataclasses

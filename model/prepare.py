@@ -150,7 +150,10 @@ def prepare(path, out, mode: str = "raw", block_mb: float = DEFAULT_BLOCK_MB,
         if not overwrite:
             raise CorpusError(f"--out {out} already exists and is not empty; choose another "
                               "folder or pass --overwrite")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
     if block_mb <= 0:
         raise ValueError(f"--block-mb must be positive, got {block_mb}")
     block_bytes = max(1, int(block_mb * (1 << 20)))
@@ -201,7 +204,9 @@ def read_meta(directory) -> dict:
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         expected = meta["num_chars"] * np.dtype(meta["dtype"]).itemsize
-        meta["vocab"], meta["preprocess"]  # noqa: B018 - both keys are required
+        missing = [key for key in ("vocab", "preprocess") if key not in meta]
+        if missing:
+            raise KeyError(", ".join(missing))
     except (ValueError, KeyError, TypeError) as error:
         raise CorpusError(f"{meta_file} is damaged ({error}); prepare the corpus again") from error
     actual = (directory / IDS_FILE).stat().st_size
