@@ -22,9 +22,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402  (after the environment default)
 
+from starlette.middleware import Middleware  # noqa: E402
+
+from webapp.body_limit import BodySizeLimit  # noqa: E402
 from webapp.curves_tab import curves_tab  # noqa: E402
 from webapp.generate_tab import generate_tab, panel_titles  # noqa: E402
-from webapp.limits import QUEUE_SIZE, SHORT_CONCURRENCY  # noqa: E402
+from webapp.limits import MAX_REQUEST_BYTES, QUEUE_SIZE, SHORT_CONCURRENCY  # noqa: E402
 from webapp.models import (CHECKPOINT_ENV, Models, checkpoint_root, load_models,  # noqa: E402
                            warm_up)
 from webapp.next_char_tab import next_char_tab  # noqa: E402
@@ -36,8 +39,18 @@ log = logging.getLogger("app")
 
 INTRO = """# Concise RNN: what does a character-level language model learn?
 Each model reads text one character at a time and predicts the next one. Compare a network
-before training (step 0) with the same network after training on H. G. Wells' *The Time
-Machine*: same prefix, same settings, same seed."""
+before training (step 0) with the same network after training on a book (H. G. Wells' *The
+Time Machine*, or Shakespeare's plays for the models labelled Shakespeare): same prefix, same
+settings, same seed."""
+
+
+def failures_banner(models: Models) -> str:
+    """Describe, in Markdown, the checkpoints that failed to load ('' if none did)."""
+    if not models.failures:
+        return ""
+    failed = "; ".join(f"**{name}** ({error})" for name, error in models.failures.items())
+    return (f"⚠️ Not available, because their checkpoints failed to load: {failed}. The "
+            "other models work as usual.")
 
 
 def build_demo(models: Models) -> gr.Blocks:
@@ -48,8 +61,7 @@ def build_demo(models: Models) -> gr.Blocks:
     with gr.Blocks(title="Concise RNN", analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         if models.failures:
-            failed = "; ".join(f"**{name}** ({error})" for name, error in models.failures.items())
-            gr.Markdown(f"⚠️ These checkpoints failed to load and are not offered: {failed}")
+            gr.Markdown(failures_banner(models), elem_id="unavailable")
         with gr.Tab("Generate"):
             generate_inputs = generate_tab(models, choices, default, default_titles)
         with gr.Tab("Next character") as next_tab:
@@ -62,8 +74,7 @@ def build_demo(models: Models) -> gr.Blocks:
             train_tab()
         # The next-character tab starts from the Generate tab's current settings.
         next_tab.select(lambda *values: values, generate_inputs, next_inputs,
-                        queue=False, api_visibility="private").then(
-                            **show_next, api_name="next_character")
+                        queue=False, api_visibility="private").then(**show_next)
     return demo
 
 
@@ -97,9 +108,13 @@ def main(argv=None) -> None:
     demo = build_demo(models)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=SHORT_CONCURRENCY)
     port = os.environ.get("GRADIO_SERVER_PORT")
+    # Uploads above LIVE_UPLOAD_BYTES and request bodies above MAX_REQUEST_BYTES get
+    # status 413, so no request can make the server hold an unbounded input in memory.
     demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                 server_port=int(port) if port else None, share=args.share, css=CSS,
-                max_file_size=LIVE_UPLOAD_BYTES)
+                max_file_size=LIVE_UPLOAD_BYTES,
+                app_kwargs={"middleware": [Middleware(BodySizeLimit,
+                                                      max_bytes=MAX_REQUEST_BYTES)]})
 
 
 if __name__ == "__main__":

@@ -30,6 +30,18 @@ def corpus_text(num_chars: int = 20_000) -> str:
     return " ".join(rng.choice(words) for _ in range(num_chars // 4))
 
 
+def play_text(num_chars: int = 12_000) -> str:
+    """Return deterministic dialogue in the layout of a play: a speaker's name, then lines."""
+    speakers = ["ROMEO", "JULIET", "First Citizen", "KING HENRY IV"]
+    words = "o my lord what light is this good night and sweet love the time hath come".split()
+    rng = random.Random(0)
+    parts = []
+    while sum(map(len, parts)) < num_chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(4, 9)))
+        parts.append(f"{rng.choice(speakers)}:\n{line.capitalize()}{rng.choice('.,!?')}\n\n")
+    return "".join(parts)[:num_chars]
+
+
 def build_checkpoints(root: pathlib.Path, cells=("rnn", "lstm")) -> pathlib.Path:
     """Train one tiny model per cell for 2 epochs into root/<cell>."""
     corpus = build_corpus(corpus_text(), "d2l", "full", 16)
@@ -39,6 +51,16 @@ def build_checkpoints(root: pathlib.Path, cells=("rnn", "lstm")) -> pathlib.Path
         model_config = ModelConfig(vocab_size=len(corpus.vocab), cell=cell, num_hiddens=16)
         fit(model_config, train_config, corpus, checkpoint_dir=root / cell, progress=False)
     return root
+
+
+def build_raw_checkpoint(directory: pathlib.Path) -> pathlib.Path:
+    """Train a tiny LSTM for 2 epochs on `play_text()` with raw preprocessing into `directory`."""
+    corpus = build_corpus(play_text(), "raw", "full", 16)
+    train_config = TrainConfig(batch_size=8, num_steps=16, epochs=2, steps_per_call=4, lr=1e-2,
+                               preprocess="raw", sample_every=0)
+    model_config = ModelConfig(vocab_size=len(corpus.vocab), cell="lstm", num_hiddens=16)
+    fit(model_config, train_config, corpus, checkpoint_dir=directory, progress=False)
+    return directory
 
 
 def free_port() -> int:
@@ -79,8 +101,13 @@ def running_app(tmp_path_factory) -> Iterator[str]:
     try:
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_app(process)
+
+
+def stop_app(process: subprocess.Popen) -> None:
+    """Stop a server from `start_app` with SIGTERM, or SIGKILL after 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -24,7 +24,7 @@ from webapp.generate_tab import (char_spans, describe_prefix, generate_texts,  #
 from webapp.limits import MAX_PREFIX_CHARS, MAX_SCORE_CHARS, MAX_TOP_K  # noqa: E402
 from webapp.models import CHECKPOINT_ENV, ROOT, checkpoint_root, load_models  # noqa: E402
 from webapp.next_char_tab import apply_sampling, next_char_table, next_char_view  # noqa: E402
-from webapp.score_tab import score_text  # noqa: E402
+from webapp.score_tab import SCORE_COLUMNS, score_text  # noqa: E402
 from webapp.train_tab import MY_TEXT, stream_train  # noqa: E402
 from webapp.validation import GenerateRequest, check_entry, check_generate  # noqa: E402
 
@@ -94,6 +94,15 @@ def test_build_demo_has_generate_endpoint(models):
     demo = app.build_demo(models)
     api_names = {fn.api_name for fn in demo.fns.values()}
     assert {"generate", "score", "next_character"} <= api_names
+
+
+def test_score_table_has_headers_before_first_use(models):
+    demo = app.build_demo(models)
+    (table,) = [block for block in demo.blocks.values()
+                if getattr(block, "elem_id", None) == "score-table"]
+    assert table.postprocess(table.value).headers == SCORE_COLUMNS
+    assert SCORE_COLUMNS == ["model", "characters scored", "perplexity untrained",
+                             "perplexity trained", "bits/char untrained", "bits/char trained"]
 
 
 # ---------------------------------------------------------------------------- generation
@@ -189,7 +198,8 @@ def test_bad_generate_inputs_raise(models, field, value, words):
 def test_error_message_gives_range(models):
     with pytest.raises(gr.Error) as raised:
         generate(models, temperature=float("nan"))
-    assert raised.value.message == "temperature must be a number from 0 to 2, got nan"
+    assert raised.value.message == ("temperature must be 0 (greedy) or a number from 0.01 to 2, "
+                                    "got nan")
 
 
 def test_integral_float_inputs_accepted(models):

@@ -113,6 +113,10 @@ def test_train_live_runs_to_the_end(page):
 def test_tabs_render(page, tab):
     page.get_by_role("tab", name=tab).click()
     if tab == "Score your text":
+        # The table shows its real column names before the first score.
+        headers = page.locator("#score-table thead th")
+        headers.first.wait_for(timeout=10_000)
+        assert "perplexity trained" in headers.all_inner_texts()
         page.get_by_role("button", name="Score").click()
         page.locator("#heatmap span[title]").first.wait_for(timeout=30_000)
     if tab == "Next character":

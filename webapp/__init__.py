@@ -1,6 +1,7 @@
 """The web app's logic, one module per concept. app.py builds the page from these.
 
     limits          input ranges every request is checked against, and concurrency
+    body_limit      an ASGI middleware that rejects request bodies over MAX_REQUEST_BYTES
     models          Entry and Models: checkpoint discovery, loading and warm-up
     validation      input checks that raise gr.Error with a message for the user
     page_style      the page's CSS and the probability colour classes

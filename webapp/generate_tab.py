@@ -16,7 +16,7 @@ from model.app_support import generate
 from model.data import preprocess
 from model.sampling import PreparedPrefix, Sample
 from webapp.limits import (DEFAULT_PREFIX, MAX_CHARS, MAX_PREFIX_CHARS, MAX_SEED, MAX_TEMPERATURE,
-                           MAX_TOP_K, SHORT_CONCURRENCY, STREAM_CONCURRENCY)
+                           MAX_TOP_K, RAW_DEFAULT_PREFIX, SHORT_CONCURRENCY, STREAM_CONCURRENCY)
 from webapp.models import Entry, Models
 from webapp.page_style import legend_html, probability_class
 from webapp.validation import GenerateRequest, check_entry, check_generate, reject
@@ -32,6 +32,9 @@ UPDATES_PER_SEC = 25  # page updates per second while revealing
 EXAMPLE_PREFIXES = [["the time traveller"], ["the machine"], ["it was a"],
                     ["The Time Traveller (for so it will be convenient to speak of him)"],
                     ["In 1895, 42 people said: WOW!"]]
+# Offered too when a model trained on raw text (case, punctuation and newlines kept) is loaded.
+RAW_EXAMPLE_PREFIXES = [[RAW_DEFAULT_PREFIX], ["JULIET:\nO Romeo, Romeo! wherefore art thou "
+                                               "Romeo?\n\nROMEO:\n"]]
 
 
 def run_generation(request: GenerateRequest) -> tuple[Sample, Sample]:
@@ -98,6 +101,16 @@ def text_stats(log_probs: np.ndarray) -> str:
             f"bits per character on its own {len(log_probs):,} characters")
 
 
+def prefix_after_model_change(models: Models, entry: Entry, prefix: str | None) -> str | None:
+    """Return `entry`'s default prefix if `prefix` is still a model's default, else None.
+
+    A prefix the user typed is kept, but "the time traveller" becomes "ROMEO:\\n" when
+    a model trained on raw dialogue is chosen, and back again.
+    """
+    defaults = {DEFAULT_PREFIX} | {other.default_prefix for other in models.entries.values()}
+    return entry.default_prefix if prefix in defaults and prefix != entry.default_prefix else None
+
+
 def panel_titles(entry: Entry) -> tuple[str, str]:
     epochs = len(entry.history)
     return (f"### Untrained {entry.label}\nthe same network at step 0, before any training",
@@ -159,13 +172,17 @@ def generate_texts(models: Models, prefix: str | None = DEFAULT_PREFIX, cell: st
 
 def generate_tab(models: Models, choices, default, titles) -> list:
     """Lay out the Generate tab; return its model, prefix, temperature and top-k inputs."""
+    default_prefix = models.entries[default].default_prefix if default else DEFAULT_PREFIX
+    examples = EXAMPLE_PREFIXES
+    if any(entry.pretrained.preprocess == "raw" for entry in models.entries.values()):
+        examples = RAW_EXAMPLE_PREFIXES + EXAMPLE_PREFIXES
     with gr.Row():
         with gr.Column(scale=3):
             cell = gr.Dropdown(choices, value=default, label="Model")
-            prefix = gr.Textbox(DEFAULT_PREFIX, label="Prefix", lines=2, elem_id="prefix",
+            prefix = gr.Textbox(default_prefix, label="Prefix", lines=2, elem_id="prefix",
                                 info=f"the text both models continue; up to "
                                      f"{MAX_PREFIX_CHARS:,} characters")
-            gr.Examples(EXAMPLE_PREFIXES, inputs=[prefix], label="Example prefixes",
+            gr.Examples(examples, inputs=[prefix], label="Example prefixes",
                         cache_examples=False)
         with gr.Column(scale=2):
             temperature = gr.Slider(0, MAX_TEMPERATURE, value=0.8, step=0.05,
@@ -177,8 +194,11 @@ def generate_tab(models: Models, choices, default, titles) -> list:
             num_chars = gr.Slider(1, MAX_CHARS, value=300, step=1,
                                   label=f"Length in characters (max {MAX_CHARS:,})")
             with gr.Row():
-                seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
-                                 info="same seed and settings give the same text")
+                # No minimum, maximum or precision: Gradio would reject or round a typed
+                # value before the handler, whose check names the value and the range.
+                seed = gr.Number(0, label="Seed", elem_id="seed",
+                                 info=f"0 to {MAX_SEED:,}; same seed and settings give the "
+                                      "same text")
                 speed = gr.Dropdown(list(SPEEDS), value=DEFAULT_SPEED, label="Reveal speed")
             colour = gr.Checkbox(True, label="Colour each character by its probability")
     with gr.Row():
@@ -210,8 +230,14 @@ def generate_tab(models: Models, choices, default, titles) -> list:
                    api_visibility="private")
     events = [run.click(**options), prefix.submit(**options)]
     stop.click(None, cancels=events)
-    cell.input(lambda name: panel_titles(check_entry(models, name)), cell,
-               [outputs[1], outputs[4]], queue=False, api_visibility="private")
+
+    def change_model(name, current_prefix):
+        entry = check_entry(models, name)
+        new_prefix = prefix_after_model_change(models, entry, current_prefix)
+        return (*panel_titles(entry), gr.skip() if new_prefix is None else new_prefix)
+
+    cell.input(change_model, [cell, prefix], [outputs[1], outputs[4], prefix], queue=False,
+               api_visibility="private")
     gr.api(generate, api_name="generate", concurrency_limit=SHORT_CONCURRENCY,
            concurrency_id="api")
     return [cell, prefix, temperature, top_k]

@@ -11,7 +11,7 @@ from model.app_support import generate, next_char_logits
 from model.config import ModelConfig
 from model.pretrained import Pretrained, load
 from model.sampling import prepare_prefix
-from webapp.limits import DEFAULT_PREFIX, MAX_CHARS
+from webapp.limits import DEFAULT_PREFIX, MAX_CHARS, RAW_DEFAULT_PREFIX
 
 log = logging.getLogger("app")
 
@@ -19,6 +19,26 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]  # the project folder, which 
 
 CHECKPOINT_ENV = "CONCISE_RNN_CHECKPOINTS"
 CELL_LABELS = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}
+
+
+def checkpoint_label(name: str, cell: str) -> str:
+    """Return the label users see for checkpoint directory `name` holding a `cell` model.
+
+    The cell's name becomes its label and the rest of the directory name follows it:
+    "lstm" is "LSTM", "lstm-shakespeare" is "LSTM · Shakespeare" and "rnn-d2l" is
+    "RNN · d2l". A name without the cell in it is shown as it is.
+    """
+    parts = name.split("-")
+    if cell not in parts:
+        return name
+    parts.remove(cell)
+    label = CELL_LABELS.get(cell, cell)
+    if not parts:
+        return label
+    rest = " ".join(parts)
+    if parts[0].isalpha():
+        rest = rest[0].upper() + rest[1:]
+    return f"{label} · {rest}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +53,19 @@ class Entry:
 
     @property
     def label(self) -> str:
-        return CELL_LABELS.get(self.name, self.name)
+        return checkpoint_label(self.name, self.config.cell)
 
     @property
     def config(self) -> ModelConfig:
         return self.pretrained.model_config
+
+    @property
+    def default_prefix(self) -> str:
+        """The prefix offered first: a speaker's name for a model of raw text, else prose."""
+        if self.pretrained.preprocess == "raw" and all(
+                char in self.pretrained.vocab for char in RAW_DEFAULT_PREFIX):
+            return RAW_DEFAULT_PREFIX
+        return DEFAULT_PREFIX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,32 +103,65 @@ def checkpoint_dirs(root: pathlib.Path) -> list[pathlib.Path]:
                                           else len(order), path.name))
 
 
-def read_latest_meta(directory: pathlib.Path) -> dict:
-    """Return the metadata of the latest checkpoint, whose history covers the whole run."""
+def read_latest(directory: pathlib.Path) -> tuple[int, dict]:
+    """Return the latest step and its metadata, whose history covers the whole run."""
     manager = checkpoint.open_manager(directory, read_only=True)
     try:
-        return checkpoint.restore_meta(manager, checkpoint.choose_step(manager, "latest"))
+        step = checkpoint.choose_step(manager, "latest")
+        return step, checkpoint.restore_meta(manager, step)
     finally:
         manager.close()
+
+
+def short_error(error: Exception, directory: pathlib.Path | None = None,
+                max_chars: int = 300) -> str:
+    """Return the error's type and the first line of its message, at most `max_chars` long.
+
+    With `directory`, its path is replaced by its name, so a page can show the message.
+    """
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    if directory is not None:
+        text = text.replace(str(directory.resolve()), directory.name)
+    return text if len(text) <= max_chars else text[:max_chars - 1] + "…"
+
+
+def load_entry(directory: pathlib.Path) -> Entry:
+    """Load the best complete checkpoint of one run and check it against its own config."""
+    pretrained = load(directory)
+    if len(pretrained.vocab) != pretrained.model_config.vocab_size:
+        raise checkpoint.CheckpointError(
+            f"the vocabulary of step {pretrained.step} has {len(pretrained.vocab)} characters, "
+            f"but its model config expects {pretrained.model_config.vocab_size}")
+    latest_step, latest = read_latest(directory)
+    entry = Entry(name=directory.name, pretrained=pretrained,
+                  untrained_params=pretrained.untrained_params(),
+                  history=tuple(latest.get("history", ())), latest_meta=latest)
+    config = pretrained.model_config
+    log.info("loaded %s (%s) from step %d (latest step %d): %s, %d layer(s) of %d units, %s "
+             "preprocessing, %d characters", entry.name,
+             entry.label, pretrained.step, latest_step, config.cell, config.num_layers,
+             config.num_hiddens, pretrained.preprocess, config.vocab_size)
+    return entry
 
 
 def load_models(root: pathlib.Path) -> Models:
     """Load every checkpoint under `root`, logging each one that fails instead of stopping."""
     entries, failures = {}, {}
     for directory in checkpoint_dirs(root):
+        # Orbax renames a step folder into place only when its save is complete, so the
+        # temporary folder of a killed save is never listed as a step, and never loaded.
+        for path in checkpoint.unfinished_saves(directory):
+            log.warning("checkpoint %s: ignoring %s, a save that did not finish",
+                        directory.name, path.name)
         try:
-            pretrained = load(directory)
-            latest = read_latest_meta(directory)
-            entries[directory.name] = Entry(
-                name=directory.name, pretrained=pretrained,
-                untrained_params=pretrained.untrained_params(),
-                history=tuple(latest.get("history", ())), latest_meta=latest)
+            entries[directory.name] = load_entry(directory)
         # Orbax and damaged metadata raise many exception types; one bad run must not stop the app.
         except Exception as error:  # noqa: BLE001
-            failures[directory.name] = f"{type(error).__name__}: {error}"
-            log.error("checkpoint %s failed to load: %s", directory.name, failures[directory.name])
-            continue
-        log.info("loaded %s: %s, step %d", directory.name, pretrained.model_config, pretrained.step)
+            log.error("checkpoint %s failed to load and is not served: %s", directory.name,
+                      short_error(error))
+            # The page names the folder only, not where it is on the server.
+            failures[directory.name] = short_error(error, directory)
     if not entries:
         log.warning("no checkpoint loaded from %s. Train one with `python train.py`", root)
     return Models(root=root, entries=entries, failures=failures)

@@ -81,6 +81,16 @@ def next_char_figure(table: pd.DataFrame, label: str, temperature: float, top_k:
     return figure
 
 
+def next_char_api(models: Models, cell, prefix, temperature, top_k) -> dict:
+    """Return the prefix as the models saw it and the next-character table as headers and rows."""
+    table = next_char_table(models, cell, prefix, temperature, top_k)
+    request = check_generate(models, cell, prefix, 1, temperature, top_k, 0)
+    pretrained = request.entry.pretrained
+    seen = prepare_prefix(request.prefix, pretrained.vocab, pretrained.preprocess).text
+    return {"prefix": seen, "headers": list(table.columns),
+            "data": table.to_dict(orient="split")["data"]}
+
+
 def next_char_view(models: Models, cell, prefix, temperature, top_k) -> Figure:
     table = next_char_table(models, cell, prefix, temperature, top_k)
     request = check_generate(models, cell, prefix, 1, temperature, top_k, 0)
@@ -90,7 +100,11 @@ def next_char_view(models: Models, cell, prefix, temperature, top_k) -> Figure:
 
 
 def next_char_tab(models: Models, choices, default) -> tuple[list, dict]:
-    """Lay out the Next character tab; return its inputs and the event that redraws it."""
+    """Lay out the Next character tab; return its inputs and the event that redraws it.
+
+    The page's events are private. API callers use the `next_character` endpoint, which
+    takes plain values, so every value reaches the handler's own checks.
+    """
     gr.Markdown("What each network expects right after the prefix: light bars are the model's "
                 "probabilities, dark bars the ones the sampler draws from after temperature "
                 "and top-k.")
@@ -106,9 +120,21 @@ def next_char_tab(models: Models, choices, default) -> tuple[list, dict]:
     def show(cell, prefix, temperature, top_k):
         return next_char_view(models, cell, prefix, temperature, top_k)
 
+    def next_character(cell: str = default or "lstm", prefix: str | None = DEFAULT_PREFIX,
+                       temperature: float = 0.8, top_k: int = 0) -> dict:
+        """Return {"prefix": the prefix as the model saw it, "headers": [...], "data": rows}.
+
+        Each row is (network, char, probability, after_settings): the 12 most likely
+        next characters of the untrained and the trained network, with their
+        probability at temperature 1 and after temperature and top-k.
+        """
+        return next_char_api(models, cell, prefix, temperature, top_k)
+
     inputs = [cell, prefix, temperature, top_k]
     event = dict(fn=show, inputs=inputs, outputs=plot, concurrency_limit=SHORT_CONCURRENCY,
-                 concurrency_id="short")
+                 concurrency_id="short", api_visibility="private")
     for trigger in (cell.input, prefix.input, temperature.release, top_k.release):
-        trigger(**event, trigger_mode="always_last", api_visibility="private")
+        trigger(**event, trigger_mode="always_last")
+    gr.api(next_character, api_name="next_character", concurrency_limit=SHORT_CONCURRENCY,
+           concurrency_id="short")
     return inputs, event

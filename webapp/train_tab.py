@@ -59,6 +59,9 @@ def live_text(source, text, upload) -> tuple[str, str]:
         except CorpusError as error:
             raise reject(str(error)) from error
     text = check_text("training text", text)
+    if "\x00" in text:
+        raise reject("the training text contains NUL characters, so it looks binary. Paste or "
+                     "upload plain text")
     limit = LIVE_TEXT_CHARS[1]
     if len(text) > limit:
         return text[:limit], f"Trained on the first {limit:,} of {len(text):,} characters. "
@@ -123,7 +126,8 @@ def stream_train(source, text, upload, cell, num_hiddens, epochs, preprocess_mod
     text, note = live_text(source, text, upload)
     normalized = preprocess(text, preprocess_mode)
     if len(normalized) < LIVE_TEXT_CHARS[0]:
-        raise reject(f"the training text has {len(normalized):,} characters after "
+        plural = "" if len(normalized) == 1 else "s"
+        raise reject(f"the training text has {len(normalized):,} character{plural} after "
                      f"{preprocess_mode} preprocessing, but at least {LIVE_TEXT_CHARS[0]:,} are "
                      "needed")
     config = live_train_config(int(len(normalized) * 0.9), epochs, preprocess_mode)

@@ -7,7 +7,8 @@ import numbers
 
 import gradio as gr
 
-from webapp.limits import MAX_CHARS, MAX_PREFIX_CHARS, MAX_SEED, MAX_TEMPERATURE, MAX_TOP_K
+from webapp.limits import (MAX_CHARS, MAX_PREFIX_CHARS, MAX_SEED, MAX_TEMPERATURE, MAX_TOP_K,
+                           MIN_POSITIVE_TEMPERATURE)
 from webapp.models import Entry, Models
 
 log = logging.getLogger("app")
@@ -19,16 +20,45 @@ def reject(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
+def shown(value, max_chars: int = 60) -> str:
+    """Return repr(value) for a message, cut to `max_chars` so a huge input stays readable."""
+    text = repr(value)
+    return text if len(text) <= max_chars else text[:max_chars - 1] + "…"
+
+
+def is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_number(name: str, value, low: float, high: float, *, integer: bool) -> float:
-    """Return `value` if it is a finite number in [low, high] (whole if `integer`), else raise."""
+    """Return `value` if it is a finite number in [low, high] (whole if `integer`), else raise.
+
+    A whole float such as 40.0 is accepted as the integer 40.
+    """
     kind = "whole number" if integer else "number"
     upper = str(int(high)) if integer else f"{high:g}"
     allowed = f"{name} must be a {kind} from {low:g} to {upper}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise reject(f"{allowed}, got {value!r}")
+    if not is_number(value):
+        raise reject(f"{allowed}, got {shown(value)}")
     if not math.isfinite(value) or not low <= value <= high or (integer and value != int(value)):
-        raise reject(f"{allowed}, got {value!r}")
+        raise reject(f"{allowed}, got {shown(value)}")
     return int(value) if integer else float(value)
+
+
+def check_temperature(value) -> float:
+    """Return a temperature of 0 (greedy) or from MIN_POSITIVE_TEMPERATURE to MAX_TEMPERATURE.
+
+    A positive temperature far below the minimum makes logits / temperature overflow
+    float32 (below about 1e-37 for logits near 10) and the probabilities NaN. At 0.01
+    sampling is already close to greedy, so smaller values are rejected, not rounded.
+    """
+    allowed = (f"temperature must be 0 (greedy) or a number from {MIN_POSITIVE_TEMPERATURE:g} "
+               f"to {MAX_TEMPERATURE:g}")
+    if not is_number(value) or not math.isfinite(value):
+        raise reject(f"{allowed}, got {shown(value)}")
+    if value != 0 and not MIN_POSITIVE_TEMPERATURE <= value <= MAX_TEMPERATURE:
+        raise reject(f"{allowed}, got {shown(value)}")
+    return float(value)
 
 
 def check_entry(models: Models, cell) -> Entry:
@@ -41,8 +71,8 @@ def check_entry(models: Models, cell) -> Entry:
         for name, entry in models.entries.items():
             if requested in (name.lower(), entry.label.lower()):
                 return entry
-    available = ", ".join(models.entries)
-    raise reject(f"unknown model {cell!r}. Choose one of: {available}")
+    available = ", ".join(f"{name} ({entry.label})" for name, entry in models.entries.items())
+    raise reject(f"unknown model {shown(cell)}. Choose one of: {available}")
 
 
 def check_text(name: str, value) -> str:
@@ -50,7 +80,7 @@ def check_text(name: str, value) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise reject(f"{name} must be text, got {type(value).__name__} {value!r}")
+        raise reject(f"{name} must be text, got {type(value).__name__} {shown(value)}")
     return value
 
 
@@ -76,7 +106,6 @@ def check_generate(models: Models, cell, prefix, num_chars, temperature, top_k,
     return GenerateRequest(
         entry=entry, prefix=prefix[cut:], cut=cut,
         num_chars=check_number("length", num_chars, 1, MAX_CHARS, integer=True),
-        temperature=check_number("temperature", temperature, 0.0, MAX_TEMPERATURE,
-                                 integer=False),
+        temperature=check_temperature(temperature),
         top_k=check_number("top-k", top_k, 0, MAX_TOP_K, integer=True),
         seed=check_number("seed", seed, 0, MAX_SEED, integer=True))
