@@ -5,12 +5,20 @@ RNG key, carry and data position) and `DIR/<step>/meta` the JSON metadata
 (model and training config, vocabulary, history, library versions). The
 manager keeps the latest checkpoint (to resume) and the best one by
 validation perplexity (to generate from).
+
+Orbax writes each step into `DIR/<step>.orbax-checkpoint-tmp...` and renames it
+to `DIR/<step>` when every file is written, so a process killed in the middle
+of a save leaves only that temporary folder. Managers never list it as a step,
+and `open_manager` removes it before a run writes to the directory again.
 """
 
 import importlib.metadata
 import logging
+import os
 import pathlib
 import platform
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -21,6 +29,10 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+# Part of the name of a step folder whose save has not finished (Orbax's atomic rename).
+TMP_DIR_SUFFIX = ocp.path.atomicity_types.TMP_DIR_SUFFIX
+REQUIRED_META_KEYS = ("model_config", "train_config", "vocab", "history")
+DAMAGED_FIX = "restore the folder from a copy or train the model again"
 
 
 class CheckpointError(Exception):
@@ -37,13 +49,55 @@ def library_versions() -> dict:
     return versions
 
 
+def unfinished_saves(directory) -> list[pathlib.Path]:
+    """List the temporary folders that interrupted saves left in `directory`, by name."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(path for path in directory.iterdir()
+                  if TMP_DIR_SUFFIX in path.name and path.is_dir() and not path.is_symlink())
+
+
+def remove_unfinished_saves(directory) -> None:
+    """Delete the folders of saves that never finished, logging each by name.
+
+    NOTE: a second process saving into the same directory at the same time would
+    lose its save in progress; one run per directory is assumed.
+    """
+    for path in unfinished_saves(directory):
+        log.warning("removing %s: a save that never finished, left by a process that stopped "
+                    "during it", path)
+        shutil.rmtree(path)
+
+
+def check_writable(directory: pathlib.Path) -> None:
+    """Create `directory` if needed and make sure files can be written in it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # A real write, because permission bits alone miss read-only file systems and ACLs.
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=directory))
+    except OSError as error:
+        raise CheckpointError(
+            f"cannot write to the checkpoint directory {directory} ({error.strerror}); choose "
+            "another --checkpoint-dir or make this one writable") from None
+
+
 def open_manager(directory, read_only: bool = False) -> ocp.CheckpointManager:
-    """Open (or create) a manager that keeps the latest and the best checkpoint."""
+    """Open (or create) a manager that keeps the latest and the best checkpoint.
+
+    A writable manager first removes the folders of unfinished saves (see the module
+    docstring). Raises CheckpointError when the directory is missing (read-only), a
+    file, not writable, or contains checkpoint files that Orbax cannot parse.
+    """
     directory = pathlib.Path(directory).expanduser().resolve()
-    if read_only and directory.is_file():
+    if directory.is_file():
         raise CheckpointError(f"{directory} is a file; pass the checkpoint folder instead")
     if read_only and not directory.is_dir():
         raise CheckpointError(f"checkpoint directory not found: {directory}")
+    if not read_only:
+        check_writable(directory)
+        if jax.process_index() == 0:  # in a multi-process run, process 0 owns the cleanup
+            remove_unfinished_saves(directory)
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=1),
         # reverse=True sorts descending, so the lowest perplexity is the one kept.
@@ -54,7 +108,14 @@ def open_manager(directory, read_only: bool = False) -> ocp.CheckpointManager:
         preservation_policy=None if read_only else policy, read_only=read_only,
         best_fn=lambda metrics: metrics["val_perplexity"], best_mode="min",
         create=not read_only, enable_async_checkpointing=True)
-    return ocp.CheckpointManager(directory, item_names=("state", "meta"), options=options)
+    try:
+        return ocp.CheckpointManager(directory, item_names=("state", "meta"), options=options)
+    except (OSError, ValueError) as error:
+        # The manager reads every step's metrics file when it opens, and a damaged
+        # one raises json.JSONDecodeError (a ValueError) without naming the file.
+        raise CheckpointError(
+            f"could not open the checkpoints in {directory}: {type(error).__name__}: "
+            f"{first_line(error)}; a file in it is damaged, so {DAMAGED_FIX}") from None
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, meta: dict,
@@ -75,26 +136,78 @@ def choose_step(manager: ocp.CheckpointManager, which: str) -> int:
     if step is None:
         step = manager.latest_step()
     if step is None:
-        raise CheckpointError(f"no complete checkpoint in {manager.directory}; "
-                              "train one with `python train.py --checkpoint-dir DIR`")
+        unfinished = [path.name for path in unfinished_saves(manager.directory)]
+        found = (f"it contains only the unfinished save {', '.join(unfinished)}, which is "
+                 "never loaded" if unfinished else "it contains no step folder")
+        raise CheckpointError(
+            f"no complete checkpoint in {manager.directory}; {found}. Train one with "
+            f"`python train.py --checkpoint-dir {manager.directory}`")
     return step
 
 
-def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+def first_line(error: Exception) -> str:
+    """Return the first line of an error message, without the TensorStore spec it may append."""
+    lines = str(error).strip().splitlines()
+    return lines[0].split(" [tensorstore_spec", 1)[0] if lines else ""
+
+
+class _DropDuplicateRestoreErrors(logging.Filter):
+    """Drop asyncio's "exception was never retrieved" records about already reported folders.
+
+    Orbax reads the arrays of a step in concurrent asyncio tasks. When the files are
+    damaged, the first failure is raised (and reported here as CheckpointError), and
+    every other task's failure is logged later with a traceback, whenever its future
+    is garbage collected. Records that name a step folder whose failure was already
+    raised are duplicates, so they are dropped; all other asyncio records pass.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.reported: set[str] = set()  # step folders whose restore failed
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "exception was never retrieved" not in message:
+            return True
+        return not any(folder in message for folder in self.reported)
+
+
+_duplicate_restore_errors = _DropDuplicateRestoreErrors()
+logging.getLogger("asyncio").addFilter(_duplicate_restore_errors)
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, args) -> tuple[dict | None, str]:
+    """Run `manager.restore`; return (restored, "") or (None, the error in one line)."""
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    except Exception as error:  # Orbax raises several types for damaged files
-        raise CheckpointError(
-            f"could not read the metadata of step {step} in {manager.directory}: {error}") from error
-    return dict(restored["meta"])
+        return manager.restore(step, args=args), ""
+    except Exception as error:  # Orbax raises several types for damaged or mismatched files
+        _duplicate_restore_errors.reported.add(str(pathlib.Path(manager.directory) / str(step)))
+        return None, f"{type(error).__name__}: {first_line(error)}"
+
+
+def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    """Restore the JSON metadata of `step`, checking that it contains what loading needs."""
+    path = pathlib.Path(str(step), "meta", "metadata")  # relative to the directory
+    restored, error = _restore(manager, step, ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    if restored is not None:
+        meta = restored["meta"]
+        missing = ([key for key in REQUIRED_META_KEYS if key not in meta]
+                   if isinstance(meta, dict) else list(REQUIRED_META_KEYS))
+        if not missing:
+            return dict(meta)
+        error = f"it lacks {', '.join(missing)}"
+    raise CheckpointError(
+        f"could not read the metadata of step {step} in {manager.directory}: {path}: {error}; "
+        f"{DAMAGED_FIX}")
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, target: dict) -> dict:
     """Restore the arrays of `step` with the structure, dtypes and (CPU) placement of `target`."""
-    try:
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    except Exception as error:  # Orbax raises several types for damaged or mismatched files
+    restored, error = _restore(manager, step,
+                               ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    if restored is None:
         raise CheckpointError(
-            f"could not restore step {step} from {manager.directory}: {error}") from error
+            f"could not restore step {step} from {manager.directory}: {error}; the files of "
+            f"{pathlib.Path(manager.directory) / str(step)} are damaged or do not match this "
+            f"model, so {DAMAGED_FIX}")
     return restored["state"]

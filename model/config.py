@@ -5,6 +5,7 @@ directory is enough to rebuild the model and to resume its training run.
 """
 
 import dataclasses
+import math
 from typing import Any
 
 CELLS = ("rnn", "gru", "lstm", "scratch")
@@ -75,13 +76,21 @@ class TrainConfig:
             (self.split in SPLITS, f"split must be one of {SPLITS}"),
             (self.batching in BATCHINGS, f"batching must be one of {BATCHINGS}"),
             (self.lr_schedule in ("constant", "cosine"), "lr_schedule must be constant or cosine"),
-            (self.batch_size >= 1, "batch_size must be at least 1"),
-            (self.num_steps >= 1, "num_steps must be at least 1"),
-            (self.lr > 0, "lr must be positive"),
-            (self.grad_clip >= 0, "grad_clip must be 0 (off) or positive"),
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.steps_per_call >= 1, "steps_per_call must be at least 1"),
-            (self.patience >= 0, "patience must be 0 (off) or positive"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.num_steps >= 1, f"num_steps must be at least 1, got {self.num_steps}"),
+            (0 < self.lr < math.inf, f"lr must be a positive finite number, got {self.lr}"),
+            (0 <= self.warmup_epochs < math.inf,
+             f"warmup_epochs must be 0 or a positive finite number, got {self.warmup_epochs}"),
+            (0 <= self.weight_decay < math.inf,
+             f"weight_decay must be 0 (off) or a positive finite number, got {self.weight_decay}"),
+            (self.grad_clip >= 0, f"grad_clip must be 0 (off) or positive, got {self.grad_clip}"),
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.steps_per_call >= 1,
+             f"steps_per_call must be at least 1, got {self.steps_per_call}"),
+            (self.patience >= 0, f"patience must be 0 (off) or positive, got {self.patience}"),
+            (self.seed >= 0, f"seed must be 0 or positive, got {self.seed}"),
+            (self.sample_every >= 0,
+             f"sample_every must be 0 (never) or positive, got {self.sample_every}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -11,11 +11,13 @@ validation windows starts from a zero carry and the loss is averaged over them.
 import argparse
 import json
 import logging
+import os
 import pathlib
 import sys
 
 from model.checkpoint import CheckpointError
-from model.data import CorpusError, build_corpus, find_corpus, read_corpus
+from model.data import (D2L_NUM_TRAIN, D2L_NUM_VAL, CorpusError, build_corpus, find_corpus,
+                        preprocess, read_corpus)
 from model.pretrained import load
 from model.train_lib import Score, evaluate
 
@@ -24,9 +26,12 @@ SCORES_FILE = "scores.json"
 
 
 def save_score(directory: pathlib.Path, split_part: str, result: dict) -> pathlib.Path:
-    """Merge one split's score into the checkpoint's scores file (atomically replaced)."""
+    """Merge one split's score into the checkpoint's scores file (atomically replaced).
+
+    A scores file that is not a JSON object is replaced.
+    """
     path = directory / SCORES_FILE
-    scores = json.loads(path.read_text()) if path.is_file() else {}
+    scores = read_scores(directory)
     # The folder may move (a clone, a Space), so its absolute path is not recorded.
     scores[split_part] = {key: value for key, value in result.items() if key != "checkpoint"}
     partial = path.with_suffix(".tmp")
@@ -36,23 +41,42 @@ def save_score(directory: pathlib.Path, split_part: str, result: dict) -> pathli
 
 
 def read_scores(directory: pathlib.Path) -> dict:
-    """Return the recorded scores of a checkpoint ({} when none were saved)."""
+    """Return a checkpoint's recorded scores, or {} when none were saved or the file is damaged."""
     path = pathlib.Path(directory) / SCORES_FILE
     try:
-        return json.loads(path.read_text())
+        scores = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return scores if isinstance(scores, dict) else {}
 
 
 def score_checkpoint(pretrained, text: str, split_part: str) -> Score:
-    """Score the `split_part` ("val" or "test") of `text` with a loaded model."""
+    """Score the `split_part` ("val" or "test") of `text` with a loaded model.
+
+    Raises CorpusError when the text shares (almost) no characters with the
+    checkpoint's vocabulary or its part is too short to score.
+    """
     config = pretrained.train_config
+    known = sum(char in pretrained.vocab for char in preprocess(text, config.preprocess))
+    if known < 2:
+        raise CorpusError(
+            f"{known} of its characters after {config.preprocess} preprocessing are in the "
+            f"checkpoint's vocabulary {''.join(pretrained.vocab.chars)!r}, and at least 2 are "
+            "needed; pass a text written with the characters the model was trained on")
+    if config.split == "d2l" and split_part == "test":
+        raise CorpusError("the d2l split has no test part; use --split val")
+    needed = D2L_NUM_TRAIN + D2L_NUM_VAL + config.num_steps
+    if config.split == "d2l" and known < needed:
+        raise CorpusError(
+            f"the checkpoint uses the d2l split, which needs {needed} characters of its "
+            f"vocabulary after preprocessing, and the text has {known}; pass a longer text")
     corpus = build_corpus(text, config.preprocess, config.split, config.num_steps,
                           vocab=pretrained.vocab)
     ids = corpus.val if split_part == "val" else corpus.test
     if len(ids) < 2:
-        raise CorpusError(f"the {split_part} part of the {config.split} split is empty for this "
-                          "corpus; use --split val")
+        raise CorpusError(
+            f"its {split_part} part ({config.split} split) has {len(ids)} characters and at "
+            "least 2 are needed; pass a longer text")
     return evaluate(pretrained.params, pretrained.model_config, ids, config.split,
                     config.num_steps)
 
@@ -81,16 +105,31 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         pretrained = load(args.checkpoint)
-        score = score_checkpoint(pretrained, read_corpus(find_corpus(args.data, args.data_dir)),
-                                 args.split)
+        if args.save and not os.access(pretrained.directory, os.W_OK):
+            raise CheckpointError(f"--save cannot write to {pretrained.directory}; make the "
+                                  "folder writable or leave --save out")
+        data = find_corpus(args.data, args.data_dir)
+        text = read_corpus(data)
     except (CheckpointError, CorpusError) as error:
         log.error("%s", error)
+        return 1
+    except OSError as error:
+        log.error("%s; check that the file exists and that you may read it", error)
+        return 1
+    try:
+        score = score_checkpoint(pretrained, text, args.split)
+    except CorpusError as error:
+        log.error("cannot score %s: %s", data, error)
         return 1
     result = {"perplexity": score.perplexity, "bits_per_char": score.bits_per_char,
               "num_chars": score.num_chars, "split": args.split,
               "checkpoint": str(pretrained.directory), "step": pretrained.step}
     if args.save:
-        save_score(pretrained.directory, args.split, result)
+        try:
+            save_score(pretrained.directory, args.split, result)
+        except OSError as error:
+            log.error("--save failed: %s; make the folder writable or leave --save out", error)
+            return 1
     if args.json:
         print(json.dumps(result))
     else:

@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.ERROR)
+    log.setLevel(logging.INFO)  # the step loaded goes to stderr; stdout is only the text
     try:
         check_args(args)
         pretrained = load(args.checkpoint)
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
     except CheckpointError as error:
         log.error("%s", error)
         return 1
+    log.info("loaded step %d of %s", pretrained.step, pretrained.directory)
     result = sample(pretrained.params, pretrained.model_config, pretrained.vocab,
                     pretrained.preprocess, args.prefix, args.num_chars, seed=args.seed,
                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)

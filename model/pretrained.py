@@ -1,6 +1,7 @@
 """Load a trained model from its checkpoint directory alone (no corpus needed)."""
 
 import dataclasses
+import logging
 import pathlib
 
 from model import checkpoint
@@ -9,6 +10,8 @@ from model.data import Vocab
 from model.rnn import init_params, zero_carry
 from model.train_lib import create_state, make_optimizer
 from model.trainer import state_tree
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +40,12 @@ class Pretrained:
 
 
 def load(directory, which: str = "best") -> Pretrained:
-    """Restore the "best" (default) or "latest" checkpoint of `directory` onto the CPU."""
+    """Restore the "best" (default) or "latest" checkpoint of `directory` onto the CPU.
+
+    Only complete steps are candidates: a save that did not finish is never loaded.
+    The latest step is used for "best" when no step has a metric. Raises
+    CheckpointError naming the directory and the fix when nothing can be loaded.
+    """
     directory = pathlib.Path(directory).expanduser().resolve()
     manager = checkpoint.open_manager(directory, read_only=True)
     try:
@@ -49,13 +57,14 @@ def load(directory, which: str = "best") -> Pretrained:
             vocab = Vocab(tuple(meta["vocab"]))
         except (KeyError, TypeError, ValueError) as error:
             raise checkpoint.CheckpointError(
-                f"the metadata of step {step} in {directory} is incomplete or invalid: {error}"
-            ) from error
+                f"the metadata of step {step} in {directory} is incomplete or invalid: "
+                f"{type(error).__name__}: {error}; {checkpoint.DAMAGED_FIX}") from None
         tx = make_optimizer(train_config, steps_per_epoch=1)
         target = state_tree(create_state(model_config, train_config, tx),
                             zero_carry(model_config, train_config.batch_size), 0, 0)
         state = checkpoint.restore_state(manager, step, target)
     finally:
         manager.close()
+    log.info("loaded step %d of %s", step, directory)
     return Pretrained(directory=directory, step=step, model_config=model_config,
                       train_config=train_config, vocab=vocab, params=state["params"], meta=meta)

@@ -80,6 +80,12 @@ def check_resume_compatible(meta: dict, model_config: ModelConfig, train_config:
             raise ConfigMismatchError(
                 f"cannot resume, {key} differs: checkpoint {saved_train.get(key)!r} vs requested "
                 f"{getattr(train_config, key)!r}{RESUME_FIX}")
+    # Clipping is a stage of the optimizer, so switching it on or off changes the state's tree.
+    if (saved_train.get("grad_clip", 0) > 0) != (train_config.grad_clip > 0):
+        raise ConfigMismatchError(
+            f"cannot resume, grad_clip differs: checkpoint {saved_train.get('grad_clip')!r} vs "
+            f"requested {train_config.grad_clip!r}, and switching clipping on or off changes the "
+            f"optimizer state{RESUME_FIX}")
 
 
 @dataclasses.dataclass

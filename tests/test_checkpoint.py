@@ -1,5 +1,7 @@
 import dataclasses
 import json
+import logging
+import shutil
 
 import jax
 import numpy as np
@@ -117,6 +119,37 @@ def test_missing_directory_is_named(tmp_path):
 
 def test_empty_directory_is_named(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint"):
+        pretrained.load(tmp_path)
+
+
+def test_writable_open_removes_unfinished_saves(run, tmp_path, caplog):
+    directory = tmp_path / "lstm"
+    shutil.copytree(run[0], directory)
+    (step,) = [int(path.name) for path in directory.iterdir() if path.name.isdigit()]
+    unfinished = directory / f"{step + 16}{checkpoint.TMP_DIR_SUFFIX}"
+    (unfinished / "state").mkdir(parents=True)
+
+    manager = checkpoint.open_manager(directory, read_only=True)
+    assert manager.all_steps() == [step]
+    manager.close()
+    assert unfinished.is_dir()  # reading leaves it for the next writer
+    assert pretrained.load(directory).step == step
+
+    with caplog.at_level(logging.WARNING, logger="model.checkpoint"):
+        checkpoint.open_manager(directory).close()
+    assert not unfinished.exists()
+    assert [record.getMessage() for record in caplog.records
+            if record.name == "model.checkpoint"] == [
+        f"removing {unfinished}: a save that never finished, left by a process that stopped "
+        "during it"]
+    assert sorted(path.name for path in directory.iterdir()) == [str(step)]
+
+
+def test_only_unfinished_save_is_named(tmp_path):
+    (tmp_path / f"32{checkpoint.TMP_DIR_SUFFIX}").mkdir()
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=f"it contains only the unfinished save 32{checkpoint.TMP_DIR_SUFFIX}, "
+                             "which is never loaded"):
         pretrained.load(tmp_path)
 
 
