@@ -201,8 +201,42 @@ def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
         f"{DAMAGED_FIX}")
 
 
+def shape_mismatches(manager: ocp.CheckpointManager, step: int, target: dict) -> list[str]:
+    """List the parameter and carry arrays whose stored shape differs from `target`'s.
+
+    Checked before restoring: a mismatch found by the restore itself fails inside
+    Orbax's concurrent reads, whose other failures then surface later as logged
+    tracebacks. Returns [] when the stored metadata cannot be read, so the restore
+    reports the damage.
+    """
+    try:
+        stored = ocp.StandardCheckpointer().metadata(
+            pathlib.Path(manager.directory) / str(step) / "state").item_metadata
+        stored_shapes = {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in
+                         jax.tree_util.tree_leaves_with_path(
+                             {key: stored[key] for key in ("params", "carry")})}
+    except Exception:  # noqa: BLE001 - damaged metadata is reported by the restore
+        return []
+    mismatches = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(
+            {key: target[key] for key in ("params", "carry")}):
+        name = jax.tree_util.keystr(path)
+        shape = stored_shapes.get(name)
+        if shape != tuple(np.shape(leaf)):
+            mismatches.append(f"{name} is {shape if shape is not None else 'missing'}, "
+                              f"expected {tuple(np.shape(leaf))}")
+    return mismatches
+
+
 def restore_state(manager: ocp.CheckpointManager, step: int, target: dict) -> dict:
     """Restore the arrays of `step` with the structure, dtypes and (CPU) placement of `target`."""
+    mismatches = shape_mismatches(manager, step, target)
+    if mismatches:
+        raise CheckpointError(
+            f"could not restore step {step} from {manager.directory}: the stored arrays do not "
+            f"match the model its metadata describes ({'; '.join(mismatches[:3])}); the files of "
+            f"{pathlib.Path(manager.directory) / str(step)} are damaged or do not match this "
+            f"model, so {DAMAGED_FIX}")
     restored, error = _restore(manager, step,
                                ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     if restored is None:
