@@ -18,6 +18,7 @@ import os
 import pathlib
 import platform
 import shutil
+import sys
 import tempfile
 
 import jax
@@ -176,12 +177,34 @@ _duplicate_restore_errors = _DropDuplicateRestoreErrors()
 logging.getLogger("asyncio").addFilter(_duplicate_restore_errors)
 
 
+def _drop_closed_loop_callbacks(unraisable, previous=sys.unraisablehook) -> None:
+    """Drop "Event loop is closed" errors from reads still running after a failed restore.
+
+    When a damaged step fails to restore, Orbax closes its event loop while
+    TensorStore may still be finishing reads of the same step. Their callbacks
+    then fail in another thread, and Python prints each one as an ignored
+    exception with a traceback. The restore error was already raised once, so
+    these are dropped; every other unraisable exception goes to the previous hook.
+    """
+    error = unraisable.exc_value
+    if (_duplicate_restore_errors.reported and isinstance(error, RuntimeError)
+            and str(error) == "Event loop is closed"):
+        log.debug("dropped a late read callback of a failed restore: %s", error)
+        return
+    previous(unraisable)
+
+
+sys.unraisablehook = _drop_closed_loop_callbacks
+
+
 def _restore(manager: ocp.CheckpointManager, step: int, args) -> tuple[dict | None, str]:
     """Run `manager.restore`; return (restored, "") or (None, the error in one line)."""
     try:
         return manager.restore(step, args=args), ""
     except Exception as error:  # Orbax raises several types for damaged or mismatched files
-        _duplicate_restore_errors.reported.add(str(pathlib.Path(manager.directory) / str(step)))
+        folder = pathlib.Path(manager.directory) / str(step)
+        # TensorStore names files relative to the run's parent, e.g. "lstm/310/state/".
+        _duplicate_restore_errors.reported.update({str(folder), f"{folder.parent.name}/{step}/"})
         return None, f"{type(error).__name__}: {first_line(error)}"
 
 
