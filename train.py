@@ -288,6 +288,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", force=True)
     logging.getLogger("absl").setLevel(logging.ERROR)
+    # JAX logs at INFO that it found no TPU library, on every CPU-only machine.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     try:
         cell, model_values, train_config = resolve_settings(args)
         join_processes(args)

@@ -149,7 +149,13 @@ def choose_step(manager: ocp.CheckpointManager, which: str) -> int:
 def first_line(error: Exception) -> str:
     """Return the first line of an error message, without the TensorStore spec it may append."""
     lines = str(error).strip().splitlines()
-    return lines[0].split(" [tensorstore_spec", 1)[0] if lines else ""
+    if not lines:
+        return ""
+    line = lines[0]
+    # TensorStore appends its spec, sometimes as a bound-method repr; both are noise here.
+    for marker in (" [tensorstore_spec", " <bound method", " TensorStore({"):
+        line = line.split(marker, 1)[0]
+    return line
 
 
 class _DropDuplicateRestoreErrors(logging.Filter):

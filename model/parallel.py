@@ -63,9 +63,14 @@ def initialize_distributed(settings: tuple | None) -> None:
     if settings is None:
         return
     address, num_processes, process_id = settings
+    # JAX's coordinator listens on every interface unless told otherwise; a loopback
+    # address means a single-machine run, so listen on loopback only.
+    host = address.rsplit(":", 1)[0].strip("[]")
+    bind = address if host in ("127.0.0.1", "localhost", "::1") else None
     # "deactivate" skips JAX's cluster auto-detection, which would query cloud metadata.
     jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
-                               process_id=process_id, cluster_detection_method="deactivate")
+                               process_id=process_id, cluster_detection_method="deactivate",
+                               coordinator_bind_address=bind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +136,12 @@ def check_split(num_devices: int, available: int, batch_size: int, num_processes
                 platform: str = "cpu") -> None:
     """Raise ParallelError unless `batch_size` splits evenly over `num_devices` of `available`."""
     if not 1 <= num_devices <= available:
+        hint = (f" (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} "
+                "creates that many host devices sharing the same cores)"
+                if platform == "cpu" and num_devices > available else "")
         raise ParallelError(
             f"--devices {num_devices} is not available: JAX sees {available} {platform} "
-            f"device(s); pass --devices between 1 and {available}")
+            f"device(s); pass --devices between 1 and {available}{hint}")
     if num_devices % num_processes:
         raise ParallelError(
             f"--devices {num_devices} must be a multiple of the {num_processes} processes")

@@ -144,16 +144,19 @@ def prepare(path, out, mode: str = "raw", block_mb: float = DEFAULT_BLOCK_MB,
     """Encode the corpus at `path` into the folder `out`; return the metadata written."""
     path = pathlib.Path(path).expanduser().resolve()
     out = pathlib.Path(out).expanduser().resolve()
+    if path.is_dir():
+        raise CorpusError(f"--data {path} is a folder; pass the text file itself")
     if not path.is_file():
         raise CorpusError(f"corpus file not found: {path}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"--out {out} is a file; choose a folder (it is created if missing)")
+    if out == path.parent or out in path.parents:
+        raise CorpusError(f"--out {out} contains the corpus {path}; choose another folder")
+    if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise CorpusError(f"--out {out} already exists and is not empty; choose another "
                               "folder or pass --overwrite")
-        if out.is_dir():
-            shutil.rmtree(out)
-        else:
-            out.unlink()
+        shutil.rmtree(out)
     if block_mb <= 0:
         raise ValueError(f"--block-mb must be positive, got {block_mb}")
     block_bytes = max(1, int(block_mb * (1 << 20)))
@@ -233,8 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode a UTF-8 corpus once into a memory-mapped token file that "
                     "`train.py --prepared DIR` trains from without loading it into memory.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", required=True, help="UTF-8 text file to encode")
-    parser.add_argument("--out", required=True, help="folder to write ids.bin and meta.json to")
+    # SUPPRESS keeps "(default: None)" out of the help of the two required flags.
+    parser.add_argument("--data", required=True, default=argparse.SUPPRESS,
+                        help="UTF-8 text file to encode")
+    parser.add_argument("--out", required=True, default=argparse.SUPPRESS,
+                        help="folder to write ids.bin and meta.json to (created if missing)")
     parser.add_argument("--preprocess", choices=PREPROCESS_MODES, default="raw",
                         help="raw keeps every character; d2l keeps lowercase letters and "
                              "single spaces, as the book does")

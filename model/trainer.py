@@ -132,8 +132,10 @@ def restore_run(manager, run: Run, model_config: ModelConfig, config: TrainConfi
     elif run.history and best_step is not None:
         best = checkpoint.restore_state(manager, best_step, state_tree(run.state, run.carry, 0, 0))
         run.best_params = jax.device_get(best["params"])
+    # The same position format as the interrupt message: the epoch in progress
+    # (1-based) and the batches already done in it.
     log.info("resumed from %s at step %d (epoch %d, batch %d)", manager.directory, step,
-             run.epoch, run.batch)
+             run.epoch + 1, run.batch)
     return run, bool(meta.get("finished"))
 
 

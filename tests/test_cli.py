@@ -149,8 +149,8 @@ def test_signal_saves_then_resume_matches(trained, uninterrupted, tmp_path, sign
     resumed = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    # The epoch in progress (1-based) was interrupted, so epoch - 1 epochs are complete.
-    assert (f"resumed from {checkpoint_dir} at step {step} (epoch {epoch - 1}, batch {batch})"
+    # Both messages name the epoch in progress (1-based) and the batches done in it.
+    assert (f"resumed from {checkpoint_dir} at step {step} (epoch {epoch}, batch {batch})"
             in resumed.stderr)
     first_epoch_logged = int(re.search(r"epoch +(\d+) ", resumed.stderr.split("resumed from")[1])
                              .group(1))

@@ -178,3 +178,17 @@ def test_train_cli_trains_from_a_prepared_folder(tmp_path, corpus_text, capsys):
     trained = load(tmp_path / "run")
     assert trained.preprocess == "raw"
     assert list(trained.vocab.chars) == json.loads((out / "meta.json").read_text())["vocab"]
+
+
+def test_prepare_never_deletes_its_input_or_a_file(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    source = folder / "corpus.txt"
+    source.write_text("hello world, hello again", encoding="utf-8")
+    with pytest.raises(CorpusError, match="contains the corpus"):
+        prepare.prepare(source, folder, progress=False, overwrite=True)
+    with pytest.raises(CorpusError, match="is a file; choose a folder"):
+        prepare.prepare(source, source, progress=False, overwrite=True)
+    with pytest.raises(CorpusError, match="is a folder; pass the text file itself"):
+        prepare.prepare(folder, tmp_path / "out", progress=False)
+    assert source.read_text(encoding="utf-8") == "hello world, hello again"

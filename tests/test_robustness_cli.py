@@ -490,7 +490,8 @@ def test_sigkill_during_save_then_resume(files, tmp_path):
     assert " ERROR " not in err
     assert (f"removing {directory / unfinished}: a save that never finished, left by a process "
             "that stopped during it") in err
-    assert f"resumed from {directory} at step {previous} (epoch {epochs_done}, batch 0)" in err
+    assert (f"resumed from {directory} at step {previous} (epoch {epochs_done + 1}, batch 0)"
+            in err)
 
     assert checkpoint.unfinished_saves(directory) == []
     final = pretrained.load(directory, which="latest")
