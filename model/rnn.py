@@ -1,9 +1,13 @@
-"""The recurrent language model: one-hot characters -> stacked recurrent layers -> logits.
+"""The recurrent language model: characters -> stacked recurrent layers -> logits.
 
 One scaffold serves every cell: `rnn` (`nn.SimpleCell`, a tanh RNN), `gru`
-(`nn.GRUCell`) and `lstm` (`nn.LSTMCell`). Each layer is `nn.scan` over its cell
-along the time axis. `scratch` is the same tanh RNN written with explicit
-weights (see `model/scratch.py`).
+(`nn.GRUCell`) and `lstm` (`nn.LSTMCell`). `scratch` is the same tanh RNN
+written with explicit weights (see `model/scratch.py`).
+
+Each layer runs one of two implementations over the same parameters: the
+reference (`nn.scan` over the Flax cell, one-hot input), the textbook form,
+and the fast layers (the default), which `RNNLM` describes. tests/test_rnn.py
+checks that both give the same logits and gradients.
 
 Shapes: B = batch_size, T = num_steps, V = vocab_size, H = num_hiddens.
 Arrays are batch-major, (B, T) at every public boundary. The carry is a tuple
@@ -17,7 +21,9 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.recurrent import DenseParams
 
+from model import cell_math
 from model.config import ModelConfig
 from model.scratch import ScratchRNNLM
 
@@ -83,11 +89,102 @@ def zero_carry(config: ModelConfig, batch_size: int) -> tuple:
                  for _ in range(config.num_layers))
 
 
+class FastLayer(nn.Module):
+    """One recurrent layer over the parameters of a Flax cell, as a plain `lax.scan`.
+
+    The parameters have the names, shapes and initializers of the cell that
+    `nn.scan` wraps in the reference layer, so either layer reads the other's
+    weights. What differs is how a step is computed; see `RNNLM`.
+    """
+
+    cell: str
+    features: int  # H
+    vocab_size: int  # V, for the first layer's one-hot input
+    unroll: int = 1
+    gates_per_product: int = 1
+    gather_input: bool = True
+
+    @nn.compact
+    def __call__(self, carry, inputs, mask, input_scale=None):
+        """Run the layer over a sequence.
+
+        Args:
+          carry: the layer's carry, (B, H) or (c, h).
+          inputs: int32 ids (B, T) for the first layer, else float32 (B, T, D).
+          mask: float32 (B, H) recurrent dropout mask, ones when off.
+          input_scale: float32 (B, T) input-dropout factor of each character (first layer
+            only), or None when input dropout is off.
+
+        Returns:
+          (carry, hs): the carry after the last step and h of every step, float32 (B, T, H).
+        """
+        cell_class = CELL_CLASSES[self.cell]
+        first = inputs.dtype == jnp.int32
+        in_features = self.vocab_size if first else inputs.shape[-1]
+        layer_params = {}
+        for denses, in_size, kernel_init in (
+                (cell_math.INPUT_DENSES[self.cell], in_features, cell_class.kernel_init),
+                (cell_math.HIDDEN_DENSES[self.cell], self.features,
+                 cell_class.recurrent_kernel_init)):
+            for name, has_bias in denses:
+                kernel, bias = DenseParams(self.features, use_bias=has_bias,
+                                           kernel_init=kernel_init,
+                                           bias_init=cell_class.bias_init, name=name)(
+                    jax.ShapeDtypeStruct((in_size,), jnp.float32))
+                layer_params[name] = {"kernel": kernel, "bias": bias}
+        input_groups = cell_math.group_kernels(layer_params, cell_math.INPUT_DENSES[self.cell],
+                                               self.gates_per_product)
+        hidden_groups = cell_math.group_kernels(layer_params, cell_math.HIDDEN_DENSES[self.cell],
+                                                self.gates_per_product)
+        update = cell_math.CELL_UPDATES[self.cell]
+
+        def step(state, inputs_t):
+            x_t, scale_t = inputs_t  # x_t: ids (B,) or (B, D); scale_t: (B,) or None
+            if first and self.gather_input:
+                # Row `id` of W_i is what the one-hot product computes, without the product.
+                x_proj = cell_math.gather_project(x_t, input_groups, scale_t)
+            else:
+                x = jax.nn.one_hot(x_t, self.vocab_size) if first else x_t
+                if scale_t is not None:
+                    x = x * scale_t[:, None]
+                x_proj = cell_math.project(x, input_groups)
+            h_proj = cell_math.project(cell_math.hidden(state) * mask, hidden_groups)
+            state = update(x_proj, h_proj, state)
+            return state, cell_math.hidden(state)
+
+        scale = None if input_scale is None else input_scale.T  # (T, B)
+        carry, hs = jax.lax.scan(step, carry, (jnp.swapaxes(inputs, 0, 1), scale),
+                                 unroll=self.unroll)  # hs: (T, B, H)
+        return carry, jnp.swapaxes(hs, 0, 1)
+
+
 class RNNLM(nn.Module):
-    """Character-level language model over a Flax recurrent cell."""
+    """Character-level language model over a Flax recurrent cell.
+
+    The fast layers (the default) and the reference layers (`reference=True`:
+    one-hot input and `nn.scan` over the Flax cell) compute the same mathematics
+    from the same parameters. The fast layers run the time loop as a plain
+    `lax.scan` over the cell's equations (`model.cell_math`), and the first of
+    them gathers row `id` of its input kernels instead of multiplying a one-hot
+    row by them (`gather_input`). On one core of a 2-core AMD EPYC (Zen 2), the
+    gather made the book's 32-unit RNN train 17% faster, and the LSTM-256
+    trained as fast either way. `benchmarks/train_throughput.py --ablation`
+    measures these choices (figures in BENCHMARKS.md).
+
+    The kernels stay one per gate (`gates_per_product=1`). The four LSTM gates
+    in one (H, 4H) product trained 16% slower for H = 256, likely because the
+    1 MB kernel does not fit the core's 512 KB L2 cache, and two gates per
+    product made no difference. Unrolling the loop (`unroll`) made the LSTM slower.
+    Moving the input products of all time steps before the loop and a
+    cuDNN-style backward pass (weight gradients after the loop) were slower
+    too, so the fast layers do neither.
+    """
 
     config: ModelConfig
-    unroll: int = 1  # time steps per scan iteration; a speed knob with identical results
+    reference: bool = False  # True: one-hot input and nn.scan over the Flax cell
+    unroll: int = 1  # time steps per loop iteration
+    gates_per_product: int = 1  # fast layers only: gates whose kernels share one product
+    gather_input: bool = True  # fast layers only: a row gather instead of a one-hot product
 
     @nn.compact
     def __call__(self, inputs, carry=None, *, deterministic: bool = True):
@@ -102,20 +199,43 @@ class RNNLM(nn.Module):
           (carry, logits): the carry after the last step and float32 logits (B, T, V).
         """
         config = self.config
+        batch_size = inputs.shape[0]
         if carry is None:
-            carry = zero_carry(config, inputs.shape[0])
-        x = jax.nn.one_hot(inputs, config.vocab_size)  # (B, T, V)
+            carry = zero_carry(config, batch_size)
+        # Both implementations create the Dropout modules in the same order, so they get the
+        # same names and draw the same masks from the same "dropout" rng.
+        input_dropout = nn.Dropout(config.input_dropout)
+        input_scale = None
+        if not self.reference:
+            x = inputs.astype(jnp.int32)
+            if not deterministic and config.input_dropout > 0:
+                # Dropout on a one-hot row keeps or drops its one non-zero entry, so the
+                # fast layer only needs each character's factor (0 or 1 / (1 - rate)).
+                ones = jnp.ones(inputs.shape + (config.vocab_size,), jnp.float32)  # (B, T, V)
+                factors = input_dropout(ones, deterministic=False)
+                input_scale = jnp.take_along_axis(factors, x[..., None], axis=-1)[..., 0]
+        else:
+            x = jax.nn.one_hot(inputs, config.vocab_size)  # (B, T, V)
+            x = input_dropout(x, deterministic=deterministic)
+
         new_carry = []
-        x = nn.Dropout(config.input_dropout)(x, deterministic=deterministic)
         for layer in range(config.num_layers):
             if layer > 0:
                 x = nn.Dropout(config.dropout)(x, deterministic=deterministic)
-            mask = self.recurrent_mask(inputs.shape[0], deterministic)  # (B, H)
-            scan = nn.scan(MASKED_CELL_CLASSES[config.cell], variable_broadcast="params",
-                           split_rngs={"params": False}, in_axes=(1, nn.broadcast),
-                           out_axes=1, unroll=self.unroll)
-            layer_carry, x = scan(features=config.num_hiddens, name=f"layer{layer}")(
-                carry[layer], x, mask)  # x: (B, T, H)
+            mask = self.recurrent_mask(batch_size, deterministic)  # (B, H)
+            if not self.reference:
+                layer_module = FastLayer(config.cell, config.num_hiddens, config.vocab_size,
+                                         unroll=self.unroll,
+                                         gates_per_product=self.gates_per_product,
+                                         gather_input=self.gather_input, name=f"layer{layer}")
+                layer_carry, x = layer_module(carry[layer], x, mask,
+                                              input_scale if layer == 0 else None)
+            else:
+                scan = nn.scan(MASKED_CELL_CLASSES[config.cell], variable_broadcast="params",
+                               split_rngs={"params": False}, in_axes=(1, nn.broadcast),
+                               out_axes=1, unroll=self.unroll)
+                layer_carry, x = scan(features=config.num_hiddens, name=f"layer{layer}")(
+                    carry[layer], x, mask)  # x: (B, T, H)
             new_carry.append(layer_carry)
         x = nn.Dropout(config.dropout)(x, deterministic=deterministic)
         logits = nn.Dense(config.vocab_size, name="head")(x)  # (B, T, V)
@@ -131,16 +251,20 @@ class RNNLM(nn.Module):
         return keep.astype(jnp.float32) / (1.0 - rate)
 
 
-def build_model(config: ModelConfig, unroll: int = 1) -> nn.Module:
-    """Return the Flax module for `config.cell`."""
+def build_model(config: ModelConfig, unroll: int = 1, reference: bool = False) -> nn.Module:
+    """Return the Flax module for `config.cell`; `reference=True` gives the reference layers."""
     if config.cell == "scratch":
         return ScratchRNNLM(config)
-    return RNNLM(config, unroll=unroll)
+    return RNNLM(config, reference=reference, unroll=unroll)
 
 
 def init_params(config: ModelConfig, seed: int) -> dict:
-    """Initialize parameters deterministically from `seed` (the untrained model of a run)."""
-    model = build_model(config)
+    """Initialize parameters deterministically from `seed` (the untrained model of a run).
+
+    The reference layers initialize, so a seed gives the weights it gave before
+    the fast layers existed (the step 0 of the shipped runs).
+    """
+    model = build_model(config, reference=True)
     dummy = jnp.zeros((1, 1), jnp.int32)
     return model.init(jax.random.PRNGKey(seed), dummy)["params"]
 

@@ -5,6 +5,10 @@ prefix length, num_chars) shape: prefixes are padded to a bucket of
 `PREFIX_BUCKET` characters and the padding steps leave the carry unchanged.
 Temperature, top-k and top-p are traced values, so changing them never
 recompiles.
+
+Each character costs one pass through the layers at batch 1, so the time goes
+to matrix-vector products, which are bound by reading the weights, and to the
+fixed cost of every operation in the loop body.
 """
 
 import dataclasses
@@ -14,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from model import cell_math
 from model.config import ModelConfig
 from model.data import Vocab, preprocess
 from model.rnn import build_model, zero_carry
@@ -46,9 +51,61 @@ def _next_char(logits, key, temperature, top_k, top_p):
     return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "num_chars"))
+STEPS = ("reference", "gates", "fused")  # the ways `generate_ids` can compute a step
+
+
+def make_step(params, config: ModelConfig, how: str = "gates"):
+    """Return step(carry, char_id) -> (carry, logits (V,)) for one character at batch 1.
+
+    Both ways read row `char_id` of the first layer's input kernels, which is what
+    the one-hot product computes, and skip the reference model's scan. "gates"
+    keeps one matrix-vector product per gate, as the Flax cells store the kernels;
+    "fused" concatenates each layer's gates into one (H, G) kernel.
+
+    NOTE: neither was faster than the reference step in
+    `benchmarks/generation_speed.py` ("fused" was slower), because at batch 1 a
+    step is bound by reading the weights, so `generate_ids` defaults to the
+    reference step and these remain for that comparison.
+    """
+    if config.cell == "scratch":
+        # The scratch RNN's weights under the names of a one-layer SimpleCell.
+        cell, num_layers = "rnn", 1
+        layers = [{"i": {"kernel": params["W_xh"], "bias": params["b_h"]},
+                   "h": {"kernel": params["W_hh"]}}]
+        head = {"kernel": params["W_hq"], "bias": params["b_q"]}
+    else:
+        cell, num_layers = config.cell, config.num_layers
+        layers = [params[f"layer{layer}"] for layer in range(num_layers)]
+        head = params["head"]
+    gates_per_product = 1 if how == "gates" else len(cell_math.INPUT_DENSES[cell])
+    # Concatenated once per jitted call, outside the time loop.
+    input_groups = [cell_math.group_kernels(layer_params, cell_math.INPUT_DENSES[cell],
+                                            gates_per_product) for layer_params in layers]
+    hidden_groups = [cell_math.group_kernels(layer_params, cell_math.HIDDEN_DENSES[cell],
+                                             gates_per_product) for layer_params in layers]
+    update = cell_math.CELL_UPDATES[cell]
+
+    def step(carry, char_id):  # char_id: int32 scalar
+        new_carry = []
+        for layer in range(num_layers):
+            if layer == 0:
+                # Row `char_id` of each input kernel, read with a dynamic slice.
+                x_proj = jnp.concatenate([kernel[char_id][None, :] + bias
+                                          for kernel, bias in input_groups[0]], axis=-1)  # (1, G)
+            else:
+                x_proj = cell_math.project(h, input_groups[layer])
+            h_proj = cell_math.project(cell_math.hidden(carry[layer]), hidden_groups[layer])
+            state = update(x_proj, h_proj, carry[layer])
+            h = cell_math.hidden(state)  # (1, H)
+            new_carry.append(state)
+        return tuple(new_carry), (h @ head["kernel"] + head["bias"])[0]  # logits (V,)
+
+    return step
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_chars", "step"))
 def generate_ids(params, config: ModelConfig, prefix_ids, prefix_len, key, temperature,
-                 top_k, top_p, *, num_chars: int):
+                 top_k, top_p, *, num_chars: int, step: str = "reference"):
     """Generate `num_chars` ids after a prefix, for one sequence.
 
     Args:
@@ -61,22 +118,30 @@ def generate_ids(params, config: ModelConfig, prefix_ids, prefix_len, key, tempe
       top_k: int32 scalar; 0 disables the cutoff.
       top_p: float scalar in (0, 1]; 1 disables the nucleus cutoff.
       num_chars: number of characters to generate (static).
+      step: how a character is computed, one of STEPS (static): "reference"
+        (`model.apply` of the reference model), or "gates" or "fused" (see `make_step`).
+        All three give the same characters, up to float rounding.
 
     Returns:
       (ids int32 (num_chars,), log_probs float32 (num_chars,)): the generated ids and the
       log-probability the model (at temperature 1, before any cutoff) gave each of them.
     """
-    model = build_model(config)
+    if step not in STEPS:
+        raise ValueError(f"step must be one of {STEPS}, got {step!r}")
+    if step == "reference":
+        model = build_model(config, reference=True)
 
-    def step(carry, char_id):  # char_id: int32 scalar
-        carry, logits = model.apply({"params": params}, char_id.reshape(1, 1), carry)
-        return carry, logits[0, 0]  # (V,)
+        def step_fn(carry, char_id):  # char_id: int32 scalar
+            carry, logits = model.apply({"params": params}, char_id.reshape(1, 1), carry)
+            return carry, logits[0, 0]  # (V,)
+    else:
+        step_fn = make_step(params, config, step)
 
     # Warm up on the prefix; padding steps (t >= prefix_len) keep the previous carry.
     def warm(state, inputs):
         carry, last_logits = state
         t, char_id = inputs
-        new_carry, logits = step(carry, char_id)
+        new_carry, logits = step_fn(carry, char_id)
         active = t < prefix_len
         carry = jax.tree_util.tree_map(lambda new, old: jnp.where(active, new, old),
                                        new_carry, carry)
@@ -90,7 +155,7 @@ def generate_ids(params, config: ModelConfig, prefix_ids, prefix_len, key, tempe
         carry, logits = state
         char_id = _next_char(logits, key, temperature, top_k, top_p)
         log_prob = jax.nn.log_softmax(logits)[char_id]
-        carry, logits = step(carry, char_id)
+        carry, logits = step_fn(carry, char_id)
         return (carry, logits), (char_id, log_prob)
 
     keys = jax.random.split(key, num_chars)

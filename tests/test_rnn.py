@@ -1,12 +1,17 @@
+import pathlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from model import pretrained
 from model.config import ModelConfig
-from model.rnn import CELL_CLASSES, build_model, count_params, init_params, zero_carry
+from model.rnn import CELL_CLASSES, RNNLM, build_model, count_params, init_params, zero_carry
 from model.scratch import params_from_rnn
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Small distinct sizes, so a swapped axis cannot go unnoticed.
 B, T, V, H = 2, 3, 5, 4
@@ -88,3 +93,96 @@ def test_model_config_rejects_bad_values(field, value):
     kwargs = {"vocab_size": V, field: value}
     with pytest.raises(ValueError, match=field if field != "cell" else "cell must be one of"):
         ModelConfig(**kwargs)
+
+
+# The fast layers compute the reference layers' mathematics from the same parameters.
+STACKED = dict(vocab_size=V, num_hiddens=H, num_layers=2)
+LONGER_INPUTS = jnp.array([[0, 1, 2, 3, 4, 0, 1], [4, 3, 2, 2, 1, 0, 3]], jnp.int32)  # (B, 7)
+DROPOUT = dict(dropout=0.3, input_dropout=0.2, recurrent_dropout=0.4)
+
+
+def random_carry(config, seed):
+    """A non-zero carry, so the fast layers' handling of the start state is checked too."""
+    leaves, treedef = jax.tree_util.tree_flatten(zero_carry(config, B))
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        treedef, [jax.random.normal(key, leaf.shape) for key, leaf in zip(keys, leaves)])
+
+
+def loss_and_grads(model, params, carry, deterministic):
+    """Return (logits, final carry, gradients) of a loss that reads every logit and the carry."""
+    def loss_fn(params):
+        new_carry, logits = model.apply({"params": params}, LONGER_INPUTS, carry,
+                                        deterministic=deterministic,
+                                        rngs={"dropout": jax.random.PRNGKey(11)})
+        carry_sum = sum(jnp.sum(leaf) for leaf in jax.tree_util.tree_leaves(new_carry))
+        return jnp.sum(jnp.sin(logits)) + carry_sum, (logits, new_carry)
+
+    (_, (logits, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return logits, new_carry, grads
+
+
+def assert_trees_close(actual, expected, what=""):
+    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected), what
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(actual),
+                                 jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{what} {jax.tree_util.keystr(path)}")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_fast_init_equals_reference_init(cell):
+    config = ModelConfig(cell=cell, **STACKED)
+    reference = init_params(config, seed=4)
+    fast = build_model(config).init(jax.random.PRNGKey(4), INPUTS)["params"]
+    assert_trees_close(fast, reference)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_fast_logits_and_grads_equal_reference(cell):
+    config = ModelConfig(cell=cell, **STACKED)
+    params = init_params(config, seed=5)
+    carry = random_carry(config, seed=6)
+    want = loss_and_grads(build_model(config, reference=True), params, carry, deterministic=True)
+    got = loss_and_grads(build_model(config), params, carry, deterministic=True)
+    for what, actual, expected in zip(("logits", "carry", "grads"), got, want):
+        assert_trees_close(actual, expected, what)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_fast_dropout_masks_equal_reference(cell):
+    config = ModelConfig(cell=cell, **STACKED, **DROPOUT)
+    params = init_params(config, seed=5)
+    carry = random_carry(config, seed=6)
+    want = loss_and_grads(build_model(config, reference=True), params, carry, deterministic=False)
+    got = loss_and_grads(build_model(config), params, carry, deterministic=False)
+    assert_trees_close(got, want)
+    # The masks were applied: without dropout the logits differ.
+    clean_logits, _, _ = loss_and_grads(build_model(config), params, carry,
+                                        deterministic=True)
+    assert not np.allclose(got[0], clean_logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("fields", [dict(unroll=3), dict(gather_input=False),
+                                    dict(gates_per_product=2), dict(gates_per_product=4),
+                                    dict(reference=True, unroll=2)])
+def test_speed_options_keep_results(fields):
+    config = ModelConfig(cell="lstm", **STACKED, **DROPOUT)
+    params = init_params(config, seed=8)
+    carry = random_carry(config, seed=9)
+    want = loss_and_grads(build_model(config, reference=True), params, carry, deterministic=False)
+    got = loss_and_grads(RNNLM(config, **fields), params, carry, deterministic=False)
+    assert_trees_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["rnn", "gru", "lstm", "rnn-d2l", "lstm-shakespeare"])
+def test_shipped_checkpoint_same_logits_both_ways(name):
+    directory = ROOT / "checkpoints" / name
+    if not directory.is_dir():
+        pytest.skip(f"{directory} is not in this checkout")
+    model = pretrained.load(directory)
+    ids = model.vocab.encode("the time traveller for so it will be convenient")[None, :]
+    _, want = build_model(model.model_config, reference=True).apply({"params": model.params},
+                                                                     ids)
+    _, got = build_model(model.model_config).apply({"params": model.params}, ids)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -115,3 +115,27 @@ def test_long_prefix_is_accepted(params):
 
 def test_zero_chars_returns_empty(params):
     assert generate(params, num_chars=0).text == ""
+
+
+@pytest.mark.parametrize("cell, num_layers", [("rnn", 2), ("gru", 2), ("lstm", 2), ("scratch", 1)])
+@pytest.mark.parametrize("step", ["gates", "fused"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_fast_steps_generate_reference_text(cell, num_layers, step, temperature):
+    config = ModelConfig(vocab_size=len(VOCAB), cell=cell, num_hiddens=16, num_layers=num_layers)
+    params = jax.tree_util.tree_map(lambda leaf: leaf * 4.0, init_params(config, seed=1))
+    padded = np.pad(VOCAB.encode("the time"), (0, PREFIX_BUCKET - 8))
+    outputs = {}
+    for how in (step, "reference"):
+        outputs[how] = generate_ids(params, config, padded, np.int32(8), jax.random.PRNGKey(2),
+                                    np.float32(temperature), np.int32(0), np.float32(1.0),
+                                    num_chars=40, step=how)
+    np.testing.assert_array_equal(outputs[step][0], outputs["reference"][0])
+    np.testing.assert_allclose(outputs[step][1], outputs["reference"][1], rtol=1e-5, atol=1e-5)
+    assert len(set(np.asarray(outputs[step][0]).tolist())) > 1  # not one repeated character
+
+
+def test_unknown_step_is_rejected(params):
+    with pytest.raises(ValueError, match="step must be one of"):
+        generate_ids(params, CONFIG, np.zeros(PREFIX_BUCKET, np.int32), np.int32(1),
+                     jax.random.PRNGKey(0), np.float32(1.0), np.int32(0), np.float32(1.0),
+                     num_chars=2, step="fast")
