@@ -1,5 +1,6 @@
 """Helpers shared by the speed benchmarks: machine description, matmul peak, corpus, JSON output."""
 
+import argparse
 import importlib.metadata
 import json
 import os
@@ -99,3 +100,8 @@ def write_json(path: str, payload: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                    argparse.RawDescriptionHelpFormatter):
+    """Show defaults in --help and the module docstring (units, what is measured) as written."""

@@ -36,7 +36,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks.common import ROOT, machine_info, usable_cores, write_json  # noqa: E402
+from benchmarks.common import (ROOT, HelpFormatter, machine_info,  # noqa: E402
+                               usable_cores, write_json)
 from model import cell_math, pretrained  # noqa: E402
 from model.rnn import build_model  # noqa: E402
 from model.sampling import STEPS, generate_ids, pad_prefix, prepare_prefix  # noqa: E402
@@ -168,11 +169,6 @@ def app_first_char(root: pathlib.Path, repeats: int) -> dict:
         results[speed] = {"median_ms": 1000 * statistics.median(times),
                           "max_ms": 1000 * max(times), "requests": len(times)}
     return results
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
-                    argparse.RawDescriptionHelpFormatter):
-    """Show defaults in --help and the module docstring (units, what is measured) as written."""
 
 
 def main() -> int:

@@ -26,18 +26,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks.common import (best_time, machine_info, matmul_peak, usable_cores,  # noqa: E402
-                               write_json)
+from benchmarks.common import (HelpFormatter, best_time, machine_info,  # noqa: E402
+                               matmul_peak, usable_cores, write_json)
 from model import cell_math, train_lib  # noqa: E402
 from model.config import ModelConfig, TrainConfig  # noqa: E402
 from model.rnn import RNNLM, build_model, init_params, zero_carry  # noqa: E402
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
-                    argparse.RawDescriptionHelpFormatter):
-    """Show defaults in --help and the module docstring (units, what is measured) as written."""
 
 
 def main() -> int:

@@ -48,8 +48,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks.common import (benchmark_text, machine_info, matmul_peak,  # noqa: E402
-                               usable_cores, write_json)
+from benchmarks.common import (HelpFormatter, benchmark_text, machine_info,  # noqa: E402
+                               matmul_peak, usable_cores, write_json)
 from model import train_lib  # noqa: E402
 from model.batching import epoch_batches  # noqa: E402
 from model.config import D2L_PRESET, ModelConfig, TrainConfig  # noqa: E402
@@ -322,11 +322,6 @@ def print_table(setting: Setting, rows: list[dict], flops: int, vocab_size: int)
               f"{row['chars_per_sec'] / book['chars_per_sec']:7.2f} "
               f"{row['compile_seconds']:9.1f} {row['gflops_per_sec']:8.1f} "
               f"{100 * row['fraction_of_peak']:6.1f}%")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
-                    argparse.RawDescriptionHelpFormatter):
-    """Show defaults in --help and the module docstring (units, what is measured) as written."""
 
 
 def main() -> int:

@@ -98,7 +98,7 @@ class DataParallel:
         return NamedSharding(self.mesh, PartitionSpec())
 
     def local_rows(self, batch_size: int) -> slice:
-        """The rows of each batch that this process reads (all of them for one process)."""
+        """Return the rows of each batch that this process reads (all of them for one process)."""
         per_process = batch_size // jax.process_count()
         start = jax.process_index() * per_process
         return slice(start, start + per_process)

@@ -112,7 +112,7 @@ def scan_vocabulary(path: pathlib.Path, mode: str, block_bytes: int,
 
 
 def ids_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned type that holds every id."""
+    """Return the smallest unsigned type that fits every id."""
     if vocab_size <= 1 << 8:
         return np.dtype(np.uint8)
     if vocab_size <= 1 << 16:

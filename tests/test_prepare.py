@@ -125,7 +125,8 @@ def test_prepare_rejects_unusable_corpora_with_one_message(tmp_path, capsys, con
     assert code == 1
     stderr = capsys.readouterr().err
     errors = [line for line in stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and message in errors[0], stderr
+    assert len(errors) == 1, stderr
+    assert message in errors[0]
     assert "Traceback" not in stderr
     assert not (tmp_path / "out" / prepare.IDS_FILE).exists()
 
@@ -141,7 +142,8 @@ def test_prepare_refuses_a_non_empty_output_folder(tmp_path):
         prepare.prepare(source, out, progress=False)
     assert (out / "keep.txt").read_text() == "mine"
     prepare.prepare(source, out, progress=False, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / prepare.IDS_FILE).is_file()
+    assert not (out / "keep.txt").exists()
+    assert (out / prepare.IDS_FILE).is_file()
 
 
 def test_load_prepared_names_a_damaged_folder(tmp_path):
