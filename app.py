@@ -7,14 +7,15 @@
 Tabs: Generate, Next character, Training curves, Score your text, Train live.
 This file builds the page from the tabs in the `webapp` package and parses the
 command line. `import app` defines functions only. `main()` loads every
-checkpoint under the checkpoint root once, compiles the sampling and scoring
-functions, and launches the server. The handlers take a `Models` value first,
+checkpoint under the checkpoint root once, launches the server, and meanwhile
+compiles the sampling and scoring functions in a thread. The handlers take a `Models` value first,
 so tests call them directly.
 """
 
 import argparse
 import logging
 import os
+import threading
 import time
 
 # The app sends no usage statistics unless GRADIO_ANALYTICS_ENABLED=True is set.
@@ -103,9 +104,10 @@ def main(argv=None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     started = time.perf_counter()
     models = load_models(checkpoint_root(args.checkpoint_root))
-    warm_up(models)
-    log.info("%d model(s) ready in %.1f s", len(models.entries), time.perf_counter() - started)
+    log.info("%d model(s) loaded in %.1f s", len(models.entries), time.perf_counter() - started)
     demo = build_demo(models)
+    # Compiling takes longer than loading, so it runs while the page is already served.
+    threading.Thread(target=warm_up, args=(models,), name="warm-up", daemon=True).start()
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=SHORT_CONCURRENCY)
     port = os.environ.get("GRADIO_SERVER_PORT")
     # Uploads above LIVE_UPLOAD_BYTES and request bodies above MAX_REQUEST_BYTES get

@@ -1,6 +1,7 @@
 """Numerical helpers for the web app: bucketed generation, per-character scores, live training.
 
-The app serves requests of any length from a few compiled shapes. Inputs are
+The app serves requests of any length from a few compiled shapes. Generation
+samples in pieces of CHUNK_CHARS characters, and inputs are
 padded to a power of two of at least `MIN_BUCKET` characters, so texts of up to
 16,384 characters need at most nine compilations per model config. The models
 are causal, so padding after the real characters changes none of their outputs.
@@ -22,12 +23,13 @@ from model.batching import epoch_batches
 from model.config import ModelConfig, TrainConfig
 from model.data import Corpus, Vocab
 from model.rnn import build_model, zero_carry
-from model.sampling import Sample, generate_ids, prepare_prefix, sample
+from model.sampling import PreparedPrefix, Sample, prepare_prefix, read_prefix, sample, sample_more
 from model.train_lib import (NonFiniteLossError, Score, create_state, evaluate, make_optimizer,
                              make_train_chunk)
 from model.trainer import epoch_rng
 
 MIN_BUCKET = 64  # the smallest padded length, in characters
+CHUNK_CHARS = 64  # characters sampled per compiled call by `generate_chunks`
 
 
 def bucket_size(length: int) -> int:
@@ -42,16 +44,39 @@ def pad_ids(ids: np.ndarray) -> np.ndarray:
     return padded
 
 
+def generate_chunks(params, config: ModelConfig, vocab: Vocab, prepared: PreparedPrefix,
+                    num_chars: int, *, seed: int, temperature: float, top_k: int,
+                    top_p: float = 1.0) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (text, log_probs float32 (n,)) for each next piece of at most CHUNK_CHARS characters.
+
+    The pieces join into the text `model.sampling.sample` gives with the same
+    seed and settings. Each piece is one jitted call, so a caller can show the
+    first characters of a long text after about CHUNK_CHARS steps.
+    """
+    ids = vocab.encode(prepared.primer)  # (N,)
+    state = read_prefix(params, config, pad_ids(ids), jnp.int32(len(ids)))
+    num_chunks = -(-num_chars // CHUNK_CHARS)
+    # The first num_chars keys equal those of split(key, num_chars); see generate_ids.
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_chunks * CHUNK_CHARS)  # (C * K, 2)
+    settings = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
+    for chunk in range(num_chunks):
+        begin = chunk * CHUNK_CHARS
+        state, new_ids, log_probs = sample_more(params, config, state,
+                                                keys[begin:begin + CHUNK_CHARS], *settings)
+        keep = min(CHUNK_CHARS, num_chars - begin)
+        yield vocab.decode(np.asarray(new_ids)[:keep]), np.asarray(log_probs)[:keep]
+
+
 def generate(params, config: ModelConfig, vocab: Vocab, preprocess_mode: str,
              prefix: str | None, num_chars: int, *, seed: int, temperature: float,
              top_k: int, top_p: float = 1.0) -> Sample:
-    """Generate like `model.sampling.sample`, padding the prefix to a power-of-two bucket."""
+    """Generate like `model.sampling.sample`, from the compiled pieces of `generate_chunks`."""
     prepared = prepare_prefix(prefix, vocab, preprocess_mode)
-    ids = vocab.encode(prepared.primer)  # (N,)
-    new_ids, log_probs = generate_ids(
-        params, config, pad_ids(ids), jnp.int32(len(ids)), jax.random.PRNGKey(seed),
-        jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), num_chars=num_chars)
-    return Sample(prepared, vocab.decode(np.asarray(new_ids)), np.asarray(log_probs))
+    pieces = list(generate_chunks(params, config, vocab, prepared, num_chars, seed=seed,
+                                  temperature=temperature, top_k=top_k, top_p=top_p))
+    return Sample(prepared, "".join(text for text, _ in pieces),
+                  np.concatenate([log_probs for _, log_probs in pieces]
+                                 or [np.zeros(0, np.float32)]))
 
 
 @functools.partial(jax.jit, static_argnames=("config",))

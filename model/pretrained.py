@@ -4,6 +4,8 @@ import dataclasses
 import logging
 import pathlib
 
+import jax
+
 from model import checkpoint
 from model.config import ModelConfig, TrainConfig, from_dict
 from model.data import Vocab
@@ -35,8 +37,28 @@ class Pretrained:
         return self.directory.name
 
     def untrained_params(self) -> dict:
-        """Re-initialize the same network from the run's seed: the model at step 0."""
-        return init_params(self.model_config, self.train_config.seed)
+        """Re-initialize the same network from the run's seed: the model at step 0.
+
+        The arrays are committed to the device that holds `params`, as restored
+        arrays are, so that jitted functions compile once for both sets.
+        """
+        device = next(iter(jax.tree_util.tree_leaves(self.params)[0].devices()))
+        return jax.device_put(init_params(self.model_config, self.train_config.seed), device)
+
+
+def restore_target(model_config: ModelConfig, train_config: TrainConfig) -> dict:
+    """Return the shapes, dtypes and CPU placement of a saved train state, computing no array.
+
+    `jax.eval_shape` traces the initialization without running it, which saves
+    compiling every initializer of a model that is about to be overwritten.
+    """
+    tx = make_optimizer(train_config, steps_per_epoch=1)
+    shapes = jax.eval_shape(lambda: state_tree(
+        create_state(model_config, train_config, tx),
+        zero_carry(model_config, train_config.batch_size), 0, 0))
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    return jax.tree_util.tree_map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=cpu), shapes)
 
 
 def load(directory, which: str = "best") -> Pretrained:
@@ -59,10 +81,8 @@ def load(directory, which: str = "best") -> Pretrained:
             raise checkpoint.CheckpointError(
                 f"the metadata of step {step} in {directory} is incomplete or invalid: "
                 f"{type(error).__name__}: {error}; {checkpoint.DAMAGED_FIX}") from None
-        tx = make_optimizer(train_config, steps_per_epoch=1)
-        target = state_tree(create_state(model_config, train_config, tx),
-                            zero_carry(model_config, train_config.batch_size), 0, 0)
-        state = checkpoint.restore_state(manager, step, target)
+        state = checkpoint.restore_state(manager, step, restore_target(model_config,
+                                                                       train_config))
     finally:
         manager.close()
     log.info("loaded step %d of %s", step, directory)

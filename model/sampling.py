@@ -4,7 +4,8 @@
 prefix length, num_chars) shape: prefixes are padded to a bucket of
 `PREFIX_BUCKET` characters and the padding steps leave the carry unchanged.
 Temperature, top-k and top-p are traced values, so changing them never
-recompiles.
+recompiles. `read_prefix` and `sample_more` split the same computation into
+pieces, for callers that show text while the rest is still being sampled.
 
 Each character costs one pass through the layers at batch 1, so the time goes
 to matrix-vector products, which are bound by reading the weights, and to the
@@ -103,6 +104,54 @@ def make_step(params, config: ModelConfig, how: str = "gates"):
     return step
 
 
+def _step_function(params, config: ModelConfig, step: str):
+    """Return step(carry, char_id) -> (carry, logits (V,)) computed the way `step` names."""
+    if step not in STEPS:
+        raise ValueError(f"step must be one of {STEPS}, got {step!r}")
+    if step != "reference":
+        return make_step(params, config, step)
+    model = build_model(config, reference=True)
+
+    def step_fn(carry, char_id):  # char_id: int32 scalar
+        carry, logits = model.apply({"params": params}, char_id.reshape(1, 1), carry)
+        return carry, logits[0, 0]  # (V,)
+
+    return step_fn
+
+
+def _read_prefix(step_fn, config: ModelConfig, prefix_ids, prefix_len):
+    """Run the carry through a padded prefix; return (carry, logits (V,) after its last character).
+
+    Padding steps (t >= prefix_len) keep the previous carry and logits.
+    """
+    def warm(state, inputs):
+        carry, last_logits = state
+        t, char_id = inputs
+        new_carry, logits = step_fn(carry, char_id)
+        active = t < prefix_len
+        carry = jax.tree_util.tree_map(lambda new, old: jnp.where(active, new, old),
+                                       new_carry, carry)
+        return (carry, jnp.where(active, logits, last_logits)), None
+
+    start = (zero_carry(config, 1), jnp.zeros((config.vocab_size,), jnp.float32))
+    positions = jnp.arange(prefix_ids.shape[0])
+    state, _ = jax.lax.scan(warm, start, (positions, prefix_ids))
+    return state
+
+
+def _sample_chars(step_fn, state, keys, temperature, top_k, top_p):
+    """Sample one character per key (N, 2) from state (carry, logits); return (state, ids, log_probs)."""
+    def sample_one(state, key):
+        carry, logits = state
+        char_id = _next_char(logits, key, temperature, top_k, top_p)
+        log_prob = jax.nn.log_softmax(logits)[char_id]
+        carry, logits = step_fn(carry, char_id)
+        return (carry, logits), (char_id, log_prob)
+
+    state, (ids, log_probs) = jax.lax.scan(sample_one, state, keys)
+    return state, ids, log_probs
+
+
 @functools.partial(jax.jit, static_argnames=("config", "num_chars", "step"))
 def generate_ids(params, config: ModelConfig, prefix_ids, prefix_len, key, temperature,
                  top_k, top_p, *, num_chars: int, step: str = "reference"):
@@ -126,41 +175,36 @@ def generate_ids(params, config: ModelConfig, prefix_ids, prefix_len, key, tempe
       (ids int32 (num_chars,), log_probs float32 (num_chars,)): the generated ids and the
       log-probability the model (at temperature 1, before any cutoff) gave each of them.
     """
-    if step not in STEPS:
-        raise ValueError(f"step must be one of {STEPS}, got {step!r}")
-    if step == "reference":
-        model = build_model(config, reference=True)
-
-        def step_fn(carry, char_id):  # char_id: int32 scalar
-            carry, logits = model.apply({"params": params}, char_id.reshape(1, 1), carry)
-            return carry, logits[0, 0]  # (V,)
-    else:
-        step_fn = make_step(params, config, step)
-
-    # Warm up on the prefix; padding steps (t >= prefix_len) keep the previous carry.
-    def warm(state, inputs):
-        carry, last_logits = state
-        t, char_id = inputs
-        new_carry, logits = step_fn(carry, char_id)
-        active = t < prefix_len
-        carry = jax.tree_util.tree_map(lambda new, old: jnp.where(active, new, old),
-                                       new_carry, carry)
-        return (carry, jnp.where(active, logits, last_logits)), None
-
-    start = (zero_carry(config, 1), jnp.zeros((config.vocab_size,), jnp.float32))
-    positions = jnp.arange(prefix_ids.shape[0])
-    (carry, logits), _ = jax.lax.scan(warm, start, (positions, prefix_ids))
-
-    def sample(state, key):
-        carry, logits = state
-        char_id = _next_char(logits, key, temperature, top_k, top_p)
-        log_prob = jax.nn.log_softmax(logits)[char_id]
-        carry, logits = step_fn(carry, char_id)
-        return (carry, logits), (char_id, log_prob)
-
-    keys = jax.random.split(key, num_chars)
-    _, (ids, log_probs) = jax.lax.scan(sample, (carry, logits), keys)
+    step_fn = _step_function(params, config, step)
+    state = _read_prefix(step_fn, config, prefix_ids, prefix_len)
+    # Character i uses key i of the split. The pinned JAX splits keys partitionably
+    # (jax_threefry_partitionable is on), so key i does not depend on num_chars.
+    keys = jax.random.split(key, num_chars)  # (num_chars, 2)
+    _, ids, log_probs = _sample_chars(step_fn, state, keys, temperature, top_k, top_p)
     return ids, log_probs
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def read_prefix(params, config: ModelConfig, prefix_ids, prefix_len):
+    """Return the sampling state (carry, logits (V,)) after a padded prefix, as `generate_ids` starts.
+
+    With `sample_more` this splits `generate_ids` into pieces, so that a caller can
+    show the first characters while the rest are still to be sampled.
+    """
+    return _read_prefix(_step_function(params, config, "reference"), config, prefix_ids,
+                        prefix_len)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def sample_more(params, config: ModelConfig, state, keys, temperature, top_k, top_p):
+    """Sample one character per key (N, 2) from a sampling state.
+
+    Returns (state, ids int32 (N,), log_probs float32 (N,)). Given keys i to i + N
+    of `jax.random.split(key, n)`, it samples characters i to i + N of
+    `generate_ids` with that key. It compiles once per N.
+    """
+    return _sample_chars(_step_function(params, config, "reference"), state, keys,
+                         temperature, top_k, top_p)
 
 
 @dataclasses.dataclass(frozen=True)

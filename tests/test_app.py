@@ -19,9 +19,13 @@ from model.data import preprocess  # noqa: E402
 from model.sampling import PreparedPrefix  # noqa: E402
 from model.train_lib import evaluate  # noqa: E402
 from webapp.curves_tab import curves_figure, format_duration, model_card  # noqa: E402
+from model.app_support import CHUNK_CHARS  # noqa: E402
+from model.sampling import sample  # noqa: E402
+from webapp import generate_tab  # noqa: E402
 from webapp.generate_tab import (char_spans, describe_prefix, generate_texts,  # noqa: E402
-                                 prefix_html, reveal_counts, stream_generate, text_stats)
-from webapp.limits import MAX_PREFIX_CHARS, MAX_SCORE_CHARS, MAX_TOP_K  # noqa: E402
+                                 prefix_html, reveal_due, sample_pieces, stream_generate,
+                                 text_stats)
+from webapp.limits import MAX_CHARS, MAX_PREFIX_CHARS, MAX_SCORE_CHARS, MAX_TOP_K  # noqa: E402
 from webapp.models import CHECKPOINT_ENV, ROOT, checkpoint_root, load_models  # noqa: E402
 from webapp.next_char_tab import apply_sampling, next_char_table, next_char_view  # noqa: E402
 from webapp.score_tab import SCORE_COLUMNS, score_text  # noqa: E402
@@ -236,12 +240,41 @@ def test_paced_stream_grows_at_the_end(models):
     assert updates[-1][5] == prefix_html("the") + trained[len("the"):]
 
 
-def test_reveal_counts_pace():
-    counts = list(reveal_counts(20, 100))
-    assert counts[-1] == 20
-    assert counts == sorted(set(counts))
-    assert len(counts) <= 20
-    assert list(reveal_counts(20, None)) == [20]
+@pytest.mark.parametrize("elapsed, due", [(0.0, 1), (0.05, 6), (0.19, 20), (5.0, 20)])
+def test_reveal_due_paces_from_the_first_character(elapsed, due):
+    assert reveal_due(20, 100, elapsed) == due
+
+
+def test_instant_reveal_is_due_at_once():
+    assert reveal_due(20, None, 0.0) == 20
+
+
+def test_stream_samples_one_piece_before_the_first_character(models, monkeypatch):
+    taken = []
+
+    def counting_pieces(request, prepared):
+        for pair in sample_pieces(request, prepared):
+            taken.append(len(pair[0][0]))
+            yield pair
+
+    monkeypatch.setattr(generate_tab, "sample_pieces", counting_pieces)
+    stream = stream_generate(models, "lstm", "the", MAX_CHARS, 1.0, 0, 0,
+                             "slow (10 chars/s)", True)
+    next(stream)  # the empty panels
+    first = next(stream)
+    assert first[5].count('title="p = ') == 1
+    assert taken == [CHUNK_CHARS]
+    stream.close()
+
+
+def test_app_generation_equals_library_sampling(models):
+    pretrained = models.entries["rnn"].pretrained
+    expected = sample(pretrained.params, pretrained.model_config, pretrained.vocab,
+                      pretrained.preprocess, "the time", CHUNK_CHARS + 9, seed=4,
+                      temperature=0.9)
+    _, trained = generate(models, cell="rnn", prefix="the time", num_chars=CHUNK_CHARS + 9,
+                          temperature=0.9, seed=4)
+    assert trained == "the time" + expected.text
 
 
 def test_stream_matches_api_text(models):

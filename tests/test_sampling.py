@@ -5,7 +5,8 @@ import pytest
 from model.config import ModelConfig
 from model.data import Vocab
 from model.rnn import init_params
-from model.sampling import PREFIX_BUCKET, generate_ids, prepare_prefix, sample
+from model.sampling import (PREFIX_BUCKET, generate_ids, prepare_prefix, read_prefix, sample,
+                            sample_more)
 
 VOCAB = Vocab.from_text("abcdefghijklmnopqrstuvwxyz ")
 CONFIG = ModelConfig(vocab_size=len(VOCAB), cell="lstm", num_hiddens=16)
@@ -139,3 +140,22 @@ def test_unknown_step_is_rejected(params):
         generate_ids(params, CONFIG, np.zeros(PREFIX_BUCKET, np.int32), np.int32(1),
                      jax.random.PRNGKey(0), np.float32(1.0), np.int32(0), np.float32(1.0),
                      num_chars=2, step="fast")
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_pieces_continue_one_call(params, temperature):
+    padded = np.pad(VOCAB.encode("the time"), (0, PREFIX_BUCKET - 8))
+    settings = (np.float32(temperature), np.int32(0), np.float32(1.0))
+    key = jax.random.PRNGKey(7)
+    whole_ids, whole_log_probs = generate_ids(params, CONFIG, padded, np.int32(8), key,
+                                              *settings, num_chars=30)
+    state = read_prefix(params, CONFIG, padded, np.int32(8))
+    keys = jax.random.split(key, 40)  # more keys than characters: the first 30 are the same
+    pieces = []
+    for begin in (0, 10, 20):
+        state, ids, log_probs = sample_more(params, CONFIG, state, keys[begin:begin + 10],
+                                            *settings)
+        pieces.append((ids, log_probs))
+    np.testing.assert_array_equal(np.concatenate([ids for ids, _ in pieces]), whole_ids)
+    np.testing.assert_allclose(np.concatenate([lp for _, lp in pieces]), whole_log_probs,
+                               rtol=1e-6, atol=1e-6)

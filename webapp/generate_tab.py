@@ -12,9 +12,9 @@ from typing import Iterator
 import gradio as gr
 import numpy as np
 
-from model.app_support import generate
+from model.app_support import CHUNK_CHARS, generate, generate_chunks
 from model.data import preprocess
-from model.sampling import PreparedPrefix, Sample
+from model.sampling import PreparedPrefix, Sample, prepare_prefix
 from webapp.limits import (DEFAULT_PREFIX, MAX_CHARS, MAX_PREFIX_CHARS, MAX_SEED, MAX_TEMPERATURE,
                            MAX_TOP_K, RAW_DEFAULT_PREFIX, SHORT_CONCURRENCY, STREAM_CONCURRENCY)
 from webapp.models import Entry, Models
@@ -40,19 +40,26 @@ RAW_EXAMPLE_PREFIXES = [[RAW_DEFAULT_PREFIX], ["JULIET:\nO Romeo, Romeo! wherefo
 def run_generation(request: GenerateRequest) -> tuple[Sample, Sample]:
     """Sample from the untrained and the trained network with the same prefix, settings and seed.
 
-    Both always generate MAX_CHARS characters (one compiled shape) and are cut
-    to the requested length. Each step's key does not depend on the length, so
-    a shorter request returns the start of a longer one.
+    Each step's key does not depend on the length, so a shorter request returns
+    the start of a longer one.
     """
     pretrained = request.entry.pretrained
-    samples = []
-    for params in (request.entry.untrained_params, pretrained.params):
-        full = generate(params, pretrained.model_config, pretrained.vocab, pretrained.preprocess,
-                        request.prefix, MAX_CHARS, seed=request.seed,
-                        temperature=request.temperature, top_k=request.top_k)
-        samples.append(dataclasses.replace(full, text=full.text[:request.num_chars],
-                                           log_probs=full.log_probs[:request.num_chars]))
-    return samples[0], samples[1]
+    return tuple(generate(params, pretrained.model_config, pretrained.vocab,
+                          pretrained.preprocess, request.prefix, request.num_chars,
+                          seed=request.seed, temperature=request.temperature,
+                          top_k=request.top_k)
+                 for params in (request.entry.untrained_params, pretrained.params))
+
+
+def sample_pieces(request: GenerateRequest,
+                  prepared: PreparedPrefix) -> Iterator[tuple[tuple[str, np.ndarray], ...]]:
+    """Yield the next piece of the untrained and of the trained text, as (text, log_probs) pairs."""
+    pretrained = request.entry.pretrained
+    streams = [generate_chunks(params, pretrained.model_config, pretrained.vocab, prepared,
+                               request.num_chars, seed=request.seed,
+                               temperature=request.temperature, top_k=request.top_k)
+               for params in (request.entry.untrained_params, pretrained.params)]
+    return zip(*streams)
 
 
 def describe_prefix(request: GenerateRequest, prepared: PreparedPrefix) -> str:
@@ -118,47 +125,63 @@ def panel_titles(entry: Entry) -> tuple[str, str]:
             f"{epochs} epoch{'s' if epochs != 1 else ''} of training")
 
 
-def reveal_counts(num_chars: int, chars_per_sec: float | None) -> Iterator[int]:
-    """Yield how many characters to show at each page update, at `chars_per_sec`."""
+def reveal_due(num_chars: int, chars_per_sec: float | None, elapsed: float) -> int:
+    """Return how many characters should show `elapsed` seconds into the reveal.
+
+    The first character shows at once; None reveals everything as soon as it is sampled.
+    """
     if chars_per_sec is None:
-        yield num_chars
-        return
-    started, num_shown = time.monotonic(), 0
-    while num_shown < num_chars:
-        time.sleep(1.0 / UPDATES_PER_SEC)
-        due = int((time.monotonic() - started) * chars_per_sec)
-        if due > num_shown:
-            num_shown = min(num_chars, due)
-            yield num_shown
+        return num_chars
+    return min(num_chars, 1 + int(elapsed * chars_per_sec))
 
 
 def stream_generate(models: Models, cell, prefix, num_chars, temperature, top_k, seed,
                     speed, colour) -> Iterator[tuple]:
     """Yield (note, untrained title, untrained text, untrained stats, trained ...) updates.
 
-    The text is sampled at once, and the panels reveal it at the chosen speed. Each
-    panel's HTML only ever grows at its end, so Gradio streams it as appends.
+    The text is sampled in pieces of `CHUNK_CHARS` characters, only as far as the
+    reveal at the chosen speed needs, so the first characters show after one
+    piece rather than after the whole text. Each panel's HTML only ever grows at
+    its end, so Gradio streams it as appends.
     """
     if speed not in SPEEDS:
         raise reject(f"speed must be one of {list(SPEEDS)}, got {speed!r}")
     request = check_generate(models, cell, prefix, num_chars, temperature, top_k, seed)
-    untrained, trained = run_generation(request)
-    note = describe_prefix(request, trained.prefix)
+    pretrained = request.entry.pretrained
+    prepared = prepare_prefix(request.prefix, pretrained.vocab, pretrained.preprocess)
+    pieces = sample_pieces(request, prepared)
+    note = describe_prefix(request, prepared)
     titles = panel_titles(request.entry)
-    head = prefix_html(trained.prefix.text)
-    spans = [char_spans(sample.text, sample.log_probs, bool(colour))
-             for sample in (untrained, trained)]
+    head = prefix_html(prepared.text)
+    spans = ([], [])  # HTML per sampled character, untrained and trained
+    log_probs = ([], [])  # float32 arrays, one per piece
 
     def update(num_shown: int) -> tuple:
         panels = []
-        for title, sample, sample_spans in zip(titles, (untrained, trained), spans):
-            panels += [title, head + "".join(sample_spans[:num_shown]),
-                       text_stats(sample.log_probs[:num_shown])]
+        for panel, title in enumerate(titles):
+            shown = np.concatenate(log_probs[panel] or [np.zeros(0, np.float32)])[:num_shown]
+            panels += [title, head + "".join(spans[panel][:num_shown]), text_stats(shown)]
         return (note, *panels)
 
     yield update(0)
-    for num_shown in reveal_counts(request.num_chars, SPEEDS[speed]):
-        yield update(num_shown)
+    started = last_update = time.monotonic()
+    num_shown = num_sampled = 0
+    while num_shown < request.num_chars:
+        due = reveal_due(request.num_chars, SPEEDS[speed], time.monotonic() - started)
+        if num_sampled < due:
+            for panel, (text, piece_log_probs) in enumerate(next(pieces)):
+                spans[panel].extend(char_spans(text, piece_log_probs, bool(colour)))
+                log_probs[panel].append(piece_log_probs)
+            num_sampled += len(text)
+            if num_shown and time.monotonic() - last_update < 1.0 / UPDATES_PER_SEC:
+                continue  # keep sampling until the next page update is due
+        ready = min(due, num_sampled)
+        if ready > num_shown:
+            num_shown = ready
+            yield update(num_shown)
+            last_update = time.monotonic()
+        else:
+            time.sleep(1.0 / UPDATES_PER_SEC)
 
 
 def generate_texts(models: Models, prefix: str | None = DEFAULT_PREFIX, cell: str = "lstm",

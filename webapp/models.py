@@ -4,14 +4,15 @@ import dataclasses
 import logging
 import os
 import pathlib
+import threading
 import time
 
 from model import checkpoint
-from model.app_support import generate, next_char_logits
+from model.app_support import CHUNK_CHARS, generate, next_char_logits
 from model.config import ModelConfig
 from model.pretrained import Pretrained, load
 from model.sampling import prepare_prefix
-from webapp.limits import DEFAULT_PREFIX, MAX_CHARS, RAW_DEFAULT_PREFIX
+from webapp.limits import DEFAULT_PREFIX, RAW_DEFAULT_PREFIX
 
 log = logging.getLogger("app")
 
@@ -47,9 +48,23 @@ class Entry:
 
     name: str  # checkpoint directory name, which API callers pass as `cell`
     pretrained: Pretrained
-    untrained_params: dict  # the same network at step 0
     history: tuple  # per-epoch records of the whole run, from the latest checkpoint
     latest_meta: dict
+    _untrained: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False,
+                                              compare=False)
+
+    @property
+    def untrained_params(self) -> dict:
+        """The same network at step 0, initialized on first use and then kept.
+
+        Initializing takes about a second per model, so the app does it after it
+        starts serving (see `warm_up`) rather than while loading.
+        """
+        with self._lock:
+            if "params" not in self._untrained:
+                self._untrained["params"] = self.pretrained.untrained_params()
+            return self._untrained["params"]
 
     @property
     def label(self) -> str:
@@ -134,9 +149,7 @@ def load_entry(directory: pathlib.Path) -> Entry:
             f"the vocabulary of step {pretrained.step} has {len(pretrained.vocab)} characters, "
             f"but its model config expects {pretrained.model_config.vocab_size}")
     latest_step, latest = read_latest(directory)
-    entry = Entry(name=directory.name, pretrained=pretrained,
-                  untrained_params=pretrained.untrained_params(),
-                  history=tuple(latest.get("history", ())), latest_meta=latest)
+    entry = Entry(name=directory.name, pretrained=pretrained, history=tuple(latest.get("history", ())), latest_meta=latest)
     config = pretrained.model_config
     log.info("loaded %s (%s) from step %d (latest step %d): %s, %d layer(s) of %d units, %s "
              "preprocessing, %d characters", entry.name,
@@ -168,25 +181,33 @@ def load_models(root: pathlib.Path) -> Models:
 
 
 def warm_up(models: Models) -> None:
-    """Compile generation and scoring once per model config, before the first request.
+    """Initialize the untrained networks and compile generation and scoring per model config.
+
+    The default model goes first. `app.py` runs this in a thread while the page is
+    already served; a request that comes earlier initializes or compiles what it
+    needs itself, which takes a few seconds once.
 
     NOTE: only the shortest input bucket is compiled here. A prefix longer than
     64 characters or a longer scored text compiles its bucket on first use, in
     about 2 s on 2 shared CPU cores.
     """
-    seen = set()
-    for entry in models.entries.values():
+    started_all, seen = time.perf_counter(), set()
+    default = models.default_name()
+    for entry in sorted(models.entries.values(), key=lambda entry: entry.name != default):
+        started = time.perf_counter()
+        entry.untrained_params  # noqa: B018  (initializes and keeps them)
         if entry.config in seen:
             continue
         seen.add(entry.config)
-        started = time.perf_counter()
         pretrained = entry.pretrained
-        # Both parameter sets: restored arrays are committed to a device and fresh
-        # ones are not, and jit compiles each kind separately.
-        for params in (entry.untrained_params, pretrained.params):
-            generate(params, entry.config, pretrained.vocab, pretrained.preprocess,
-                     DEFAULT_PREFIX, MAX_CHARS, seed=0, temperature=1.0, top_k=0)
+        # One piece compiles every call that generation makes for this config. The
+        # untrained arrays sit on the same device as the restored ones, so jit
+        # compiles once for both.
+        generate(pretrained.params, entry.config, pretrained.vocab, pretrained.preprocess,
+                 DEFAULT_PREFIX, CHUNK_CHARS, seed=0, temperature=1.0, top_k=0)
         ids = pretrained.vocab.encode(prepare_prefix(DEFAULT_PREFIX, pretrained.vocab,
                                                      pretrained.preprocess).primer)
         next_char_logits(pretrained.params, entry.config, ids)
         log.info("compiled %s in %.1f s", entry.name, time.perf_counter() - started)
+    log.info("%d model(s) warmed up in %.1f s", len(models.entries),
+             time.perf_counter() - started_all)
