@@ -30,7 +30,7 @@ from benchmarks.common import (HelpFormatter, best_time, machine_info,  # noqa: 
                                matmul_peak, usable_cores, write_json)
 from model import cell_math, train_lib  # noqa: E402
 from model.config import ModelConfig, TrainConfig  # noqa: E402
-from model.rnn import RNNLM, build_model, init_params, zero_carry  # noqa: E402
+from model.rnn import RNNLM, build_model, init_params, train_unroll, zero_carry  # noqa: E402
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -95,7 +95,7 @@ def main() -> int:
 
     def head(hs, kernel, bias):
         def loss_fn(hs, kernel, bias):
-            logits = hs @ kernel + bias
+            logits = (hs.reshape(B * T, H) @ kernel + bias).reshape(B, T, V)  # as RNNLM does
             return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
         return jax.grad(loss_fn, argnums=(0, 1, 2))(hs, kernel, bias)
     parts["head only (logits, cross-entropy, gradients)"] = timed(
@@ -105,7 +105,8 @@ def main() -> int:
     params = init_params(config, seed=0)
     ids = jax.random.randint(next(keys), (B, T), 0, V)
     for label, reference in (("fast layers", False), ("reference layers", True)):
-        model = build_model(config, reference=reference)
+        model = build_model(config, reference=reference,
+                            unroll=1 if reference else train_unroll(config, T))
 
         def loss_grads(params, ids, model=model):
             def loss_fn(params):
@@ -117,7 +118,8 @@ def main() -> int:
     train_config = TrainConfig(batch_size=B, num_steps=T, optimizer=args.optimizer,
                                lr_schedule="constant")
     tx = train_lib.make_optimizer(train_config, steps_per_epoch=100)
-    chunk = train_lib.make_train_chunk(config, tx, carry_over=True)
+    chunk = train_lib.make_train_chunk(config, tx, carry_over=True,
+                                       unroll=train_unroll(config, T))
     state = train_lib.create_state(config, train_config, tx)
     batch = (ids[None], targets[None], jnp.ones((1, B, T), jnp.float32))
     carry = zero_carry(config, B)

@@ -54,7 +54,7 @@ from model import train_lib  # noqa: E402
 from model.batching import epoch_batches  # noqa: E402
 from model.config import D2L_PRESET, ModelConfig, TrainConfig  # noqa: E402
 from model.data import build_corpus  # noqa: E402
-from model.rnn import RNNLM, zero_carry  # noqa: E402
+from model.rnn import RNNLM, train_unroll, zero_carry  # noqa: E402
 from model.trainer import epoch_rng  # noqa: E402
 
 
@@ -83,7 +83,8 @@ ABLATIONS = {
     "one-hot product instead of a row gather": dict(gather_input=False),
     "two gates per product": dict(gates_per_product=2),
     "all gates in one product": dict(gates_per_product=4),
-    "unroll 2": dict(unroll=2),
+    "output layer over (B, T, H) instead of (B * T, H)": dict(flat_head=False),
+    "one time step per loop iteration (unroll 1)": dict(unroll=1),
     "unroll 4": dict(unroll=4),
 }
 
@@ -126,7 +127,9 @@ class ProjectPipeline:
         tx = train_lib.make_optimizer(self.train_config, steps_per_epoch=100)
         self.carry_over = self.train_config.batching == "sequential" and setting.split != "d2l"
         with project_layers(**layer_fields) if layer_fields else contextlib.nullcontext():
-            self.train_chunk = train_lib.make_train_chunk(self.model_config, tx, self.carry_over)
+            self.train_chunk = train_lib.make_train_chunk(
+                self.model_config, tx, self.carry_over,
+                unroll=train_unroll(self.model_config, self.train_config.num_steps))
         self.state = train_lib.create_state(self.model_config, self.train_config, tx)
         self.epoch_index = 0
 

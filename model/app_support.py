@@ -22,7 +22,7 @@ import numpy as np
 from model.batching import epoch_batches
 from model.config import ModelConfig, TrainConfig
 from model.data import Corpus, Vocab
-from model.rnn import build_model, zero_carry
+from model.rnn import build_model, train_unroll, zero_carry
 from model.sampling import PreparedPrefix, Sample, prepare_prefix, read_prefix, sample, sample_more
 from model.train_lib import (NonFiniteLossError, Score, create_state, evaluate, make_optimizer,
                              make_train_chunk)
@@ -147,7 +147,8 @@ def train_live(model_config: ModelConfig, config: TrainConfig, corpus: Corpus, *
                          f"at least {config.steps_per_call} are needed")
     tx = make_optimizer(config, usable)
     state = create_state(model_config, config, tx)
-    train_chunk = make_train_chunk(model_config, tx, carry_over=batches.carry_over)
+    train_chunk = make_train_chunk(model_config, tx, carry_over=batches.carry_over,
+                                   unroll=train_unroll(model_config, config.num_steps))
     history, text, started = [], None, time.perf_counter()
 
     for epoch in range(config.epochs):

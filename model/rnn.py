@@ -100,7 +100,7 @@ class FastLayer(nn.Module):
     cell: str
     features: int  # H
     vocab_size: int  # V, for the first layer's one-hot input
-    unroll: int = 1
+    unroll: int | bool = 1
     gates_per_product: int = 1
     gather_input: bool = True
 
@@ -166,25 +166,25 @@ class RNNLM(nn.Module):
     from the same parameters. The fast layers run the time loop as a plain
     `lax.scan` over the cell's equations (`model.cell_math`), and the first of
     them gathers row `id` of its input kernels instead of multiplying a one-hot
-    row by them (`gather_input`). On one core of a 2-core AMD EPYC (Zen 2), the
-    gather made the book's 32-unit RNN train 17% faster, and the LSTM-256
-    trained as fast either way. `benchmarks/train_throughput.py --ablation`
-    measures these choices (figures in BENCHMARKS.md).
+    row by them (`gather_input`). The output layer is one (B * T, H) product
+    (`flat_head`). `train_unroll` unrolls the whole time loop of small models.
+    `benchmarks/train_throughput.py --ablation` measures each of these choices
+    against the alternative (figures in BENCHMARKS.md).
 
-    The kernels stay one per gate (`gates_per_product=1`). The four LSTM gates
-    in one (H, 4H) product trained 16% slower for H = 256, likely because the
-    1 MB kernel does not fit the core's 512 KB L2 cache, and two gates per
-    product made no difference. Unrolling the loop (`unroll`) made the LSTM slower.
-    Moving the input products of all time steps before the loop and a
-    cuDNN-style backward pass (weight gradients after the loop) were slower
-    too, so the fast layers do neither.
+    The kernels stay one per gate (`gates_per_product=1`, the Flax cells'
+    layout): one (H, 4H) product for the four LSTM gates trained 16% slower on a
+    core with a 512 KB L2 cache, where the 1 MB kernel does not fit, and within
+    the noise elsewhere. Moving the input products of all time steps before the
+    loop and a cuDNN-style backward pass (weight gradients after the loop) were
+    slower too, so the fast layers do neither.
     """
 
     config: ModelConfig
     reference: bool = False  # True: one-hot input and nn.scan over the Flax cell
-    unroll: int = 1  # time steps per loop iteration
+    unroll: int | bool = 1  # time steps per loop iteration; True unrolls the whole loop
     gates_per_product: int = 1  # fast layers only: gates whose kernels share one product
     gather_input: bool = True  # fast layers only: a row gather instead of a one-hot product
+    flat_head: bool = True  # the output layer as one (B * T, H) @ (H, V) product
 
     @nn.compact
     def __call__(self, inputs, carry=None, *, deterministic: bool = True):
@@ -238,8 +238,12 @@ class RNNLM(nn.Module):
                     carry[layer], x, mask)  # x: (B, T, H)
             new_carry.append(layer_carry)
         x = nn.Dropout(config.dropout)(x, deterministic=deterministic)
-        logits = nn.Dense(config.vocab_size, name="head")(x)  # (B, T, V)
-        return tuple(new_carry), logits
+        head = nn.Dense(config.vocab_size, name="head")
+        if self.flat_head:
+            logits = head(x.reshape(-1, x.shape[-1])).reshape(x.shape[:-1] + (config.vocab_size,))
+        else:
+            logits = head(x)
+        return tuple(new_carry), logits  # (B, T, V)
 
     def recurrent_mask(self, batch_size: int, deterministic: bool):
         """Return a scaled keep mask (B, H) for the hidden state, all ones when not dropping."""
@@ -251,7 +255,27 @@ class RNNLM(nn.Module):
         return keep.astype(jnp.float32) / (1.0 - rate)
 
 
-def build_model(config: ModelConfig, unroll: int = 1, reference: bool = False) -> nn.Module:
+# Small models train faster with the time loop fully unrolled (see `train_unroll`).
+FULL_UNROLL_MAX_HIDDENS = 64
+FULL_UNROLL_MAX_STEPS = 64  # time steps times layers
+
+
+def train_unroll(config: ModelConfig, num_steps: int) -> int | bool:
+    """Return the `unroll` that trains `config` on sequences of `num_steps` fastest.
+
+    A fully unrolled loop lets XLA fuse and schedule the steps of a small model
+    together: the book's RNN (32 units, 32 steps) trained 29% faster on one core
+    of a 2-core Xeon, and compiled in 3 s. Big cells gain nothing from it, and a
+    partly unrolled loop was slower for both (the LSTM-256 at unroll 4: 35K
+    against 48K characters/s), so every other model keeps one step per iteration.
+    """
+    small = (config.num_hiddens <= FULL_UNROLL_MAX_HIDDENS
+             and num_steps * config.num_layers <= FULL_UNROLL_MAX_STEPS)
+    return True if small else 1
+
+
+def build_model(config: ModelConfig, unroll: int | bool = 1,
+                reference: bool = False) -> nn.Module:
     """Return the Flax module for `config.cell`; `reference=True` gives the reference layers."""
     if config.cell == "scratch":
         return ScratchRNNLM(config)

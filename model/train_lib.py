@@ -76,12 +76,13 @@ def masked_loss(logits, targets, mask):
 
 
 def make_train_chunk(model_config: ModelConfig, tx: optax.GradientTransformation,
-                     carry_over: bool, unroll: int = 1):
+                     carry_over: bool, unroll: int | bool = 1):
     """Build a jitted function that takes K optimizer steps in one call.
 
     The returned function maps (state, carry, inputs, targets, mask), with the batch
     arrays shaped (K, B, T), to (state, carry, metrics) where metrics contains per-step
-    `loss_sum`, `count` and `grad_norm`, each (K,).
+    `loss_sum`, `count` and `grad_norm`, each (K,). Pass
+    `unroll=train_unroll(model_config, T)` for the fastest time loop.
     """
     model = build_model(model_config, unroll=unroll)
 

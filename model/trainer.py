@@ -15,7 +15,7 @@ from model.batching import epoch_batches
 from model.config import ModelConfig, TrainConfig, to_dict
 from model.data import Corpus
 from model.parallel import DataParallel, describe, make_data_parallel, to_host
-from model.rnn import count_params, zero_carry
+from model.rnn import count_params, train_unroll, zero_carry
 from model.sampling import sample
 from model.train_lib import (NonFiniteLossError, Score, TrainState, create_state, evaluate,
                              make_optimizer, make_train_chunk)
@@ -247,7 +247,8 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
                     step, run.epoch + 1, run.batch)
 
     carry_over = config.batching == "sequential" and config.split != "d2l"
-    train_chunk = make_train_chunk(model_config, tx, carry_over)
+    train_chunk = make_train_chunk(model_config, tx, carry_over,
+                                   unroll=train_unroll(model_config, config.num_steps))
     elapsed_before = run.history[-1]["wall_time"] if run.history else 0.0
     started = time.perf_counter()
     stopped_early = False

@@ -8,7 +8,8 @@ import pytest
 
 from model import pretrained
 from model.config import ModelConfig
-from model.rnn import CELL_CLASSES, RNNLM, build_model, count_params, init_params, zero_carry
+from model.rnn import (CELL_CLASSES, RNNLM, build_model, count_params, init_params,
+                       train_unroll, zero_carry)
 from model.scratch import params_from_rnn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -163,9 +164,9 @@ def test_fast_dropout_masks_equal_reference(cell):
     assert not np.allclose(got[0], clean_logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("fields", [dict(unroll=3), dict(gather_input=False),
+@pytest.mark.parametrize("fields", [dict(unroll=3), dict(unroll=True), dict(gather_input=False),
                                     dict(gates_per_product=2), dict(gates_per_product=4),
-                                    dict(reference=True, unroll=2)])
+                                    dict(flat_head=False), dict(reference=True, unroll=2)])
 def test_speed_options_keep_results(fields):
     config = ModelConfig(cell="lstm", **STACKED, **DROPOUT)
     params = init_params(config, seed=8)
@@ -186,3 +187,13 @@ def test_shipped_checkpoint_same_logits_both_ways(name):
                                                                      ids)
     _, got = build_model(model.model_config).apply({"params": model.params}, ids)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_hiddens, num_layers, num_steps, unroll", [
+    (32, 1, 32, True), (64, 2, 32, True), (32, 2, 35, 1), (128, 1, 32, 1), (256, 2, 100, 1)])
+def test_train_unroll_fully_unrolls_small_models(num_hiddens, num_layers, num_steps, unroll):
+    config = ModelConfig(vocab_size=27, cell="rnn", num_hiddens=num_hiddens,
+                         num_layers=num_layers)
+    result = train_unroll(config, num_steps)
+    assert result == unroll
+    assert isinstance(result, bool) == isinstance(unroll, bool)  # True and 1 compare equal
