@@ -81,6 +81,7 @@ SETTINGS = {
 ABLATIONS = {
     "reference layers (one-hot, nn.scan over the Flax cell)": dict(reference=True),
     "one-hot product instead of a row gather": dict(gather_input=False),
+    "one product per gate": dict(gates_per_product=1),
     "two gates per product": dict(gates_per_product=2),
     "all gates in one product": dict(gates_per_product=4),
     "output layer over (B, T, H) instead of (B * T, H)": dict(flat_head=False),

@@ -17,6 +17,7 @@ the same number `features`, and `RNNLM.__call__` is the one place that converts.
 """
 
 import functools
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -101,7 +102,7 @@ class FastLayer(nn.Module):
     features: int  # H
     vocab_size: int  # V, for the first layer's one-hot input
     unroll: int | bool = 1
-    gates_per_product: int = 1
+    gates_per_product: int | None = None  # None: `default_gates_per_product`
     gather_input: bool = True
 
     @nn.compact
@@ -132,10 +133,12 @@ class FastLayer(nn.Module):
                                            bias_init=cell_class.bias_init, name=name)(
                     jax.ShapeDtypeStruct((in_size,), jnp.float32))
                 layer_params[name] = {"kernel": kernel, "bias": bias}
+        per_product = (default_gates_per_product(self.cell, self.features)
+                       if self.gates_per_product is None else self.gates_per_product)
         input_groups = cell_math.group_kernels(layer_params, cell_math.INPUT_DENSES[self.cell],
-                                               self.gates_per_product)
+                                               per_product)
         hidden_groups = cell_math.group_kernels(layer_params, cell_math.HIDDEN_DENSES[self.cell],
-                                                self.gates_per_product)
+                                                per_product)
         update = cell_math.CELL_UPDATES[self.cell]
 
         def step(state, inputs_t):
@@ -171,10 +174,11 @@ class RNNLM(nn.Module):
     `benchmarks/train_throughput.py --ablation` measures each of these choices
     against the alternative (figures in BENCHMARKS.md).
 
-    The kernels stay one per gate (`gates_per_product=1`, the Flax cells'
-    layout): one (H, 4H) product for the four LSTM gates trained 16% slower on a
-    core with a 512 KB L2 cache, where the 1 MB kernel does not fit, and within
-    the noise elsewhere. Moving the input products of all time steps before the
+    The gates of a layer share one product only where their concatenated
+    recurrent kernel fits in half the L2 cache (`default_gates_per_product`):
+    one (H, 4H) product for the four gates of the LSTM-256 trained 9% faster
+    on a Xeon core with a 2 MB L2 cache and 16% slower on an AMD EPYC core
+    with 512 KB, which the 1 MB kernel does not fit. Moving the input products of all time steps before the
     loop and a cuDNN-style backward pass (weight gradients after the loop) were
     slower too, so the fast layers do neither.
     """
@@ -182,7 +186,7 @@ class RNNLM(nn.Module):
     config: ModelConfig
     reference: bool = False  # True: one-hot input and nn.scan over the Flax cell
     unroll: int | bool = 1  # time steps per loop iteration; True unrolls the whole loop
-    gates_per_product: int = 1  # fast layers only: gates whose kernels share one product
+    gates_per_product: int | None = None  # fast layers only: gates per product (None: auto)
     gather_input: bool = True  # fast layers only: a row gather instead of a one-hot product
     flat_head: bool = True  # the output layer as one (B * T, H) @ (H, V) product
 
@@ -253,6 +257,36 @@ class RNNLM(nn.Module):
             return jnp.ones(shape, jnp.float32)
         keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, shape)
         return keep.astype(jnp.float32) / (1.0 - rate)
+
+
+def l2_cache_bytes() -> int | None:
+    """Return the size of the first CPU's L2 cache from Linux's sysfs, or None if unknown."""
+    for index in sorted(pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() != "2":
+                continue
+            size = (index / "size").read_text().strip()  # such as "2048K"
+        except OSError:
+            continue
+        units = {"K": 1024, "M": 1024 ** 2}
+        if size[-1:] in units and size[:-1].isdigit():
+            return int(size[:-1]) * units[size[-1]]
+        if size.isdigit():
+            return int(size)
+    return None
+
+
+@functools.cache
+def default_gates_per_product(cell: str, num_hiddens: int) -> int:
+    """Return how many gates the fast layers compute per product on this machine.
+
+    All gates share one product when their float32 recurrent kernel (H, G) takes
+    at most half the L2 cache, else each gate has its own (see `RNNLM`).
+    """
+    gates = len(cell_math.HIDDEN_DENSES[cell])
+    l2_bytes = l2_cache_bytes()
+    fits = l2_bytes is not None and 4 * num_hiddens * num_hiddens * gates <= l2_bytes // 2
+    return gates if fits else 1
 
 
 # Small models train faster with the time loop fully unrolled (see `train_unroll`).

@@ -8,8 +8,9 @@ import pytest
 
 from model import pretrained
 from model.config import ModelConfig
-from model.rnn import (CELL_CLASSES, RNNLM, build_model, count_params, init_params,
-                       train_unroll, zero_carry)
+from model import rnn
+from model.rnn import (CELL_CLASSES, RNNLM, build_model, count_params, default_gates_per_product,
+                       init_params, train_unroll, zero_carry)
 from model.scratch import params_from_rnn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -165,7 +166,8 @@ def test_fast_dropout_masks_equal_reference(cell):
 
 
 @pytest.mark.parametrize("fields", [dict(unroll=3), dict(unroll=True), dict(gather_input=False),
-                                    dict(gates_per_product=2), dict(gates_per_product=4),
+                                    dict(gates_per_product=1), dict(gates_per_product=2),
+                                    dict(gates_per_product=4),
                                     dict(flat_head=False), dict(reference=True, unroll=2)])
 def test_speed_options_keep_results(fields):
     config = ModelConfig(cell="lstm", **STACKED, **DROPOUT)
@@ -197,3 +199,17 @@ def test_train_unroll_fully_unrolls_small_models(num_hiddens, num_layers, num_st
     result = train_unroll(config, num_steps)
     assert result == unroll
     assert isinstance(result, bool) == isinstance(unroll, bool)  # True and 1 compare equal
+
+
+@pytest.mark.parametrize("l2_bytes, cell, num_hiddens, expected", [
+    (2 * 1024 ** 2, "lstm", 256, 4), (512 * 1024, "lstm", 256, 1), (2 * 1024 ** 2, "gru", 256, 3),
+    (2 * 1024 ** 2, "lstm", 512, 1), (None, "lstm", 16, 1)])
+def test_gates_share_a_product_when_kernel_fits_l2(monkeypatch, l2_bytes, cell, num_hiddens,
+                                                   expected):
+    monkeypatch.setattr(rnn, "l2_cache_bytes", lambda: l2_bytes)
+    assert default_gates_per_product.__wrapped__(cell, num_hiddens) == expected
+
+
+def test_l2_cache_size_is_read_or_unknown():
+    size = rnn.l2_cache_bytes()
+    assert size is None or size >= 64 * 1024
