@@ -150,6 +150,14 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results/app_latency.json",
                         help="JSON file for the results")
     args = parser.parse_args()
+    if args.browser:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            parser.error("--browser needs playwright; run this with the project's .venv "
+                         "(pip install -r requirements-dev.txt), or leave out --browser")
+        if not (shutil.which("chromium") or pathlib.Path("/usr/bin/chromium").exists()):
+            parser.error("--browser needs chromium: apt-get install -y chromium")
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"

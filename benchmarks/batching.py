@@ -18,6 +18,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import default_corpus  # noqa: E402
 
 from model.config import ModelConfig, TrainConfig  # noqa: E402
 from model.data import build_corpus, find_corpus, read_corpus  # noqa: E402
@@ -28,11 +29,14 @@ from model.trainer import fit  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", help="corpus file (default: the cached Time Machine)")
+    parser.add_argument("--data",
+                        help="corpus file; when omitted, ../shared/data/timemachine.txt if present, else the "
+                             "cached or downloaded Time Machine")
     parser.add_argument("--epochs", type=int, default=15, help="epochs per run")
     parser.add_argument("--num-hiddens", type=int, default=256, help="LSTM hidden units")
     parser.add_argument("--out", default="benchmarks/results/batching.json", help="JSON output")
     args = parser.parse_args()
+    args.data = default_corpus(parser, args.data)
     logging.basicConfig(level=logging.WARNING)
 
     base = TrainConfig(epochs=args.epochs, optimizer="adam", weight_decay=0.0, sample_every=0)

@@ -80,6 +80,19 @@ def matmul_peak(sizes=(256, 512, 1024, 2048), repeats: int = 5) -> float:
     return best
 
 
+def default_corpus(parser: argparse.ArgumentParser, path: str | None) -> str | None:
+    """Return the corpus file to train on: `path`, else the shared Time Machine when present.
+
+    None leaves the choice to `model.data.find_corpus` (its cache, else a download).
+    A `path` that is not a file ends the program with a usage error.
+    """
+    if path:
+        if not pathlib.Path(path).is_file():
+            parser.error(f"--data {path}: file not found")
+        return path
+    return str(SHARED_TIME_MACHINE) if SHARED_TIME_MACHINE.is_file() else None
+
+
 def benchmark_text(path: str | None) -> tuple[str, str]:
     """Return (text, where it came from): `path`, the shared Time Machine, or a generated text.
 

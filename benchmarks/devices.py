@@ -19,6 +19,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import default_corpus  # noqa: E402
 
 
 def worker(args) -> dict:
@@ -47,7 +48,9 @@ def main() -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4],
                         help="device counts to measure")
-    parser.add_argument("--data", help="corpus file (default: the cached Time Machine)")
+    parser.add_argument("--data",
+                        help="corpus file; when omitted, ../shared/data/timemachine.txt if present, else the "
+                             "cached or downloaded Time Machine")
     parser.add_argument("--num-hiddens", type=int, default=256, help="LSTM hidden units")
     parser.add_argument("--num-layers", type=int, default=2, help="LSTM layers")
     parser.add_argument("--batch-size", type=int, default=32,
@@ -56,6 +59,7 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results/devices.json", help="JSON output")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.data = default_corpus(parser, args.data)
     if args.worker:
         print(json.dumps(worker(args)))
         return 0

@@ -24,6 +24,7 @@ for both the untrained and the trained model before its first update.
 """
 
 import argparse
+import logging
 import pathlib
 import statistics
 import sys
@@ -178,7 +179,7 @@ def main() -> int:
     parser.add_argument("--checkpoint-root", default=str(ROOT / "checkpoints"),
                         help="folder whose run folders are measured")
     parser.add_argument("--models", nargs="*",
-                        help="run folder names to measure (default: every one under the root)")
+                        help="run folder names to measure; when omitted, every one under the root")
     parser.add_argument("--num-chars", type=int, default=1000,
                         help="characters per timed generation call")
     parser.add_argument("--repeats", type=int, default=7,
@@ -190,6 +191,7 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results/generation_speed.json",
                         help="JSON file for the results")
     args = parser.parse_args()
+    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax warns on every read-only open
 
     root = pathlib.Path(args.checkpoint_root)
     results = {}

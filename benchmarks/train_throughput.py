@@ -341,8 +341,9 @@ def main() -> int:
     parser.add_argument("--ablation", action="store_true",
                         help="also measure this project with each optimization switched off")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
-    parser.add_argument("--data", help="training text (default: ../shared/data/timemachine.txt "
-                                       "when present, else generated letters)")
+    parser.add_argument("--data", help="training text; when omitted, "
+                                       "../shared/data/timemachine.txt if present, else "
+                                       "generated letters")
     parser.add_argument("--out", default="benchmarks/results/train_throughput.json",
                         help="JSON file for the results")
     args = parser.parse_args()
@@ -355,6 +356,8 @@ def main() -> int:
         except ImportError:
             print("PyTorch is not installed, so its rows are skipped; install "
                   "benchmarks/requirements.txt in a separate environment to include them")
+    if args.data and not pathlib.Path(args.data).is_file():
+        parser.error(f"--data {args.data}: file not found")
     text, source = benchmark_text(args.data)
     peak = matmul_peak()
     print(f"fp32 matmul peak (jitted square products, best size): {peak / 1e9:.1f} GFLOP/s "
