@@ -130,9 +130,15 @@ def test_signal_saves_then_resume_matches(trained, uninterrupted, tmp_path, sign
     checkpoint_dir = tmp_path / "run"
     command = [sys.executable, str(ROOT / "train.py"), "--data", str(data), "--checkpoint-dir",
                str(checkpoint_dir), *TINY_FLAGS]
-    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    # Interrupt once the first epoch is logged, so it lands in a later epoch of thirty: on a
-    # fast machine the last epochs of a shorter run can end before the signal arrives.
+    # A shell starts background jobs with SIGINT ignored, which a child inherits, and
+    # Python then never raises KeyboardInterrupt. A handled signal is reset to the
+    # default at exec, so handling it here while starting gives the child a terminal's.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # Interrupt once the first epoch is logged, so it lands in a later epoch of thirty.
     lines = []
     for line in process.stderr:
         lines.append(line)
