@@ -110,7 +110,8 @@ def make_train_chunk(model_config: ModelConfig, tx: optax.GradientTransformation
 
     # NOTE: the state is not donated. A Ctrl-C that lands after XLA has taken donated
     # buffers would leave the last good state deleted, and the interrupt handler
-    # needs it to write a checkpoint.
+    # needs it to write a checkpoint. Donating measured no faster on the CPU
+    # (BENCHMARKS.md, "Optimizations: kept and dropped").
     @jax.jit
     def train_chunk(state, carry, inputs, targets, mask):
         (state, carry), metrics = jax.lax.scan(step, (state, carry), (inputs, targets, mask))
