@@ -10,11 +10,11 @@ reports:
 - resident memory of the server after the warm-up and after the requests;
 - latency of sequential `generate` API requests through gradio_client (greedy
   and sampled, 200 characters): median and 95th percentile;
-- with --browser N: in headless Chromium, N times, the milliseconds from the
-  click on Generate (default settings: LSTM, 300 characters, reading pace) to
-  the first generated character in the trained panel, timed in the page with
-  `performance.now()` and a MutationObserver. This includes HTTP, the queue,
-  the stream and the page's rendering.
+- with --browser N: the milliseconds from a click on Generate in headless
+  Chromium to the first generated character in the trained panel, N times.
+  The page keeps its default settings (LSTM, 300 characters, reading pace)
+  and times itself with `performance.now()` and a MutationObserver, so the
+  figure includes HTTP, the queue, the stream and the page's rendering.
 
 Only 127.0.0.1 is contacted; the browser aborts requests to any other address.
 Needs the `chromium` system package and playwright for --browser.
@@ -40,7 +40,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 # Runs in the page: clicks Generate and resolves with the milliseconds until the
-# trained panel holds a generated character (a span with a probability title).
+# trained panel contains a generated character (a span with a probability title).
 FIRST_CHAR_JS = """
 () => new Promise((resolve) => {
   const panel = document.querySelector('#trained-text');

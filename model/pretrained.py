@@ -39,7 +39,7 @@ class Pretrained:
     def untrained_params(self) -> dict:
         """Re-initialize the same network from the run's seed: the model at step 0.
 
-        The arrays are committed to the device that holds `params`, as restored
+        The arrays are committed to the device of `params`, as restored
         arrays are, so that jitted functions compile once for both sets.
         """
         device = next(iter(jax.tree_util.tree_leaves(self.params)[0].devices()))

@@ -250,11 +250,11 @@ def test_instant_reveal_is_due_at_once():
 
 
 def test_stream_samples_one_piece_before_the_first_character(models, monkeypatch):
-    taken = []
+    piece_sizes = []
 
     def counting_pieces(request, prepared):
         for pair in sample_pieces(request, prepared):
-            taken.append(len(pair[0][0]))
+            piece_sizes.append(len(pair[0][0]))
             yield pair
 
     monkeypatch.setattr(generate_tab, "sample_pieces", counting_pieces)
@@ -263,7 +263,7 @@ def test_stream_samples_one_piece_before_the_first_character(models, monkeypatch
     next(stream)  # the empty panels
     first = next(stream)
     assert first[5].count('title="p = ') == 1
-    assert taken == [CHUNK_CHARS]
+    assert piece_sizes == [CHUNK_CHARS]
     stream.close()
 
 

@@ -184,7 +184,7 @@ def warm_up(models: Models) -> None:
     """Initialize the untrained networks and compile generation and scoring per model config.
 
     The default model goes first. `app.py` runs this in a thread while the page is
-    already served; a request that comes earlier initializes or compiles what it
+    already served. A request that comes earlier initializes or compiles what it
     needs itself, which takes a few seconds once.
 
     NOTE: only the shortest input bucket is compiled here. A prefix longer than
