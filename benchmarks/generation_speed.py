@@ -19,8 +19,8 @@ For each checkpoint under checkpoints/ (or --checkpoint-root):
 With --app, it also times the app's generation path in this process: the
 Generate tab's streaming handler (`webapp.generate_tab.stream_generate`), from
 the call until the first update that shows a generated character, at the
-"instant" and the default reveal speed. The handler samples 1,000 characters
-for both the untrained and the trained model before its first update.
+"instant" and the default reveal speed. The handler samples in pieces of 64
+characters, so its first update waits for one piece of each model.
 """
 
 import argparse

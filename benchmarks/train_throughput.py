@@ -318,12 +318,16 @@ def print_table(setting: Setting, rows: list[dict], flops: int, vocab_size: int)
           f"(V = {vocab_size}, {flops:,} matmul FLOPs per character)")
     print("chars/s: median over the rounds (best round in brackets); compile s: first epoch "
           "minus a steady one")
-    print(f"{'pipeline':60} {'chars/s':>22} {'x book':>7} {'compile s':>9} {'GFLOP/s':>8} "
-          f"{'% peak':>7}")
+    torch = next((row for row in rows if row["pipeline"].startswith("PyTorch")), None)
+    width = max(len(row["pipeline"]) for row in rows)
+    print(f"{'pipeline':{width}} {'chars/s':>22} {'x book':>7} {'x torch':>7} {'compile s':>9} "
+          f"{'GFLOP/s':>8} {'% peak':>7}")
     for row in rows:
         rate = f"{row['chars_per_sec']:,.0f} ({row['best_chars_per_sec']:,.0f})"
-        print(f"{row['pipeline'][:60]:60} {rate:>22} "
-              f"{row['chars_per_sec'] / book['chars_per_sec']:7.2f} "
+        versus_torch = (f"{row['chars_per_sec'] / torch['chars_per_sec']:7.2f}" if torch
+                        else f"{'-':>7}")
+        print(f"{row['pipeline']:{width}} {rate:>22} "
+              f"{row['chars_per_sec'] / book['chars_per_sec']:7.2f} {versus_torch} "
               f"{row['compile_seconds']:9.1f} {row['gflops_per_sec']:8.1f} "
               f"{100 * row['fraction_of_peak']:6.1f}%")
 
@@ -347,6 +351,8 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results/train_throughput.json",
                         help="JSON file for the results")
     args = parser.parse_args()
+    if args.data and not pathlib.Path(args.data).is_file():
+        parser.error(f"--data {args.data}: file not found")
 
     torch = None
     if not args.no_torch:
@@ -356,8 +362,6 @@ def main() -> int:
         except ImportError:
             print("PyTorch is not installed, so its rows are skipped; install "
                   "benchmarks/requirements.txt in a separate environment to include them")
-    if args.data and not pathlib.Path(args.data).is_file():
-        parser.error(f"--data {args.data}: file not found")
     text, source = benchmark_text(args.data)
     peak = matmul_peak()
     print(f"fp32 matmul peak (jitted square products, best size): {peak / 1e9:.1f} GFLOP/s "

@@ -44,6 +44,17 @@ def pad_ids(ids: np.ndarray) -> np.ndarray:
     return padded
 
 
+def sampling_keys(seed: int, num_chars: int) -> np.ndarray:
+    """Return at least `num_chars` per-character keys of `seed`, uint32 (P, 2), P a power of two.
+
+    Key i equals key i of `jax.random.split(key, num_chars)`, as in `generate_ids`.
+    Rounding the count up means one compiled split per power of two, and NumPy
+    slices the result, so a new length compiles nothing.
+    """
+    count = max(CHUNK_CHARS, 1 << max(0, num_chars - 1).bit_length())
+    return np.asarray(jax.random.split(jax.random.PRNGKey(seed), count))
+
+
 def generate_chunks(params, config: ModelConfig, vocab: Vocab, prepared: PreparedPrefix,
                     num_chars: int, *, seed: int, temperature: float, top_k: int,
                     top_p: float = 1.0) -> Iterator[tuple[str, np.ndarray]]:
@@ -56,8 +67,7 @@ def generate_chunks(params, config: ModelConfig, vocab: Vocab, prepared: Prepare
     ids = vocab.encode(prepared.primer)  # (N,)
     state = read_prefix(params, config, pad_ids(ids), jnp.int32(len(ids)))
     num_chunks = -(-num_chars // CHUNK_CHARS)
-    # The first num_chars keys equal those of split(key, num_chars); see generate_ids.
-    keys = jax.random.split(jax.random.PRNGKey(seed), num_chunks * CHUNK_CHARS)  # (C * K, 2)
+    keys = sampling_keys(seed, num_chunks * CHUNK_CHARS)  # (>= C * K, 2)
     settings = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
     for chunk in range(num_chunks):
         begin = chunk * CHUNK_CHARS

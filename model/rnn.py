@@ -298,10 +298,11 @@ def train_unroll(config: ModelConfig, num_steps: int) -> int | bool:
     """Return the `unroll` that trains `config` on sequences of `num_steps` fastest.
 
     A fully unrolled loop lets XLA fuse and schedule the steps of a small model
-    together: the book's RNN (32 units, 32 steps) trained 29% faster on one core
-    of a 2-core Xeon, and compiled in 3 s. Big cells gain nothing from it, and a
-    partly unrolled loop was slower for both (the LSTM-256 at unroll 4: 35K
-    against 48K characters/s), so every other model keeps one step per iteration.
+    together: the book's RNN (32 units, 32 steps) trained 34% faster on one core
+    of a 2-core Xeon, and compiled in 5.6 s instead of 2.2 s. Big cells gain
+    nothing from it, and a partly unrolled loop was slower (the LSTM-256 at
+    unroll 4: 41.8 K against 50.3 K characters/s), so every other model keeps
+    one step per iteration.
     """
     small = (config.num_hiddens <= FULL_UNROLL_MAX_HIDDENS
              and num_steps * config.num_layers <= FULL_UNROLL_MAX_STEPS)

@@ -8,11 +8,11 @@ import threading
 import time
 
 from model import checkpoint
-from model.app_support import CHUNK_CHARS, generate, next_char_logits
+from model.app_support import CHUNK_CHARS, generate, next_char_logits, sampling_keys
 from model.config import ModelConfig
 from model.pretrained import Pretrained, load
 from model.sampling import prepare_prefix
-from webapp.limits import DEFAULT_PREFIX, RAW_DEFAULT_PREFIX
+from webapp.limits import DEFAULT_PREFIX, MAX_CHARS, RAW_DEFAULT_PREFIX
 
 log = logging.getLogger("app")
 
@@ -193,6 +193,9 @@ def warm_up(models: Models) -> None:
     """
     started_all, seen = time.perf_counter(), set()
     default = models.default_name()
+    # One key split per power of two up to the longest request.
+    for count in range(CHUNK_CHARS.bit_length() - 1, MAX_CHARS.bit_length() + 1):
+        sampling_keys(0, 1 << count)
     for entry in sorted(models.entries.values(), key=lambda entry: entry.name != default):
         started = time.perf_counter()
         entry.untrained_params  # noqa: B018  (initializes and keeps them)
