@@ -8,8 +8,8 @@ Tabs: Generate, Next character, Training curves, Score your text, Train live.
 This file builds the page from the tabs in the `webapp` package and parses the
 command line. `import app` defines functions only. `main()` loads every
 checkpoint under the checkpoint root once, launches the server, and meanwhile
-compiles the sampling and scoring functions in a thread. The handlers take a `Models` value first,
-so tests call them directly.
+compiles the sampling and scoring functions in a thread. The handlers take a
+`Models` value first, so tests call them directly.
 """
 
 import argparse

@@ -71,7 +71,7 @@ def resident_mb(pid: int) -> float:
     return float("nan")
 
 
-def wait_for(check, process: subprocess.Popen, timeout: float, what: str) -> float:
+def wait_for(check, process: subprocess.Popen, timeout: float, event: str) -> float:
     """Poll `check()` until it is true; return the seconds since the process started."""
     while time.perf_counter() - process.started < timeout:
         if process.poll() is not None:
@@ -79,7 +79,7 @@ def wait_for(check, process: subprocess.Popen, timeout: float, what: str) -> flo
         if check():
             return time.perf_counter() - process.started
         time.sleep(0.05)
-    raise TimeoutError(f"app.py did not {what} within {timeout} s")
+    raise TimeoutError(f"app.py did not {event} within {timeout} s")
 
 
 def responds(url: str) -> bool:

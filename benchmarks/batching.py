@@ -30,8 +30,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data",
-                        help="corpus file; when omitted, ../shared/data/timemachine.txt if present, else the "
-                             "cached or downloaded Time Machine")
+                        help="corpus file; when omitted, ../shared/data/timemachine.txt if "
+                             "present, else the cached or downloaded Time Machine")
     parser.add_argument("--epochs", type=int, default=15, help="epochs per run")
     parser.add_argument("--num-hiddens", type=int, default=256, help="LSTM hidden units")
     parser.add_argument("--out", default="benchmarks/results/batching.json", help="JSON output")

@@ -49,8 +49,8 @@ def main() -> int:
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4],
                         help="device counts to measure")
     parser.add_argument("--data",
-                        help="corpus file; when omitted, ../shared/data/timemachine.txt if present, else the "
-                             "cached or downloaded Time Machine")
+                        help="corpus file; when omitted, ../shared/data/timemachine.txt if "
+                             "present, else the cached or downloaded Time Machine")
     parser.add_argument("--num-hiddens", type=int, default=256, help="LSTM hidden units")
     parser.add_argument("--num-layers", type=int, default=2, help="LSTM layers")
     parser.add_argument("--batch-size", type=int, default=32,

@@ -178,9 +178,9 @@ class RNNLM(nn.Module):
     recurrent kernel fits in half the L2 cache (`default_gates_per_product`):
     one (H, 4H) product for the four gates of the LSTM-256 trained 9% faster
     on a Xeon core with a 2 MB L2 cache and 16% slower on an AMD EPYC core
-    with 512 KB, which the 1 MB kernel does not fit. Moving the input products of all time steps before the
-    loop and a cuDNN-style backward pass (weight gradients after the loop) were
-    slower too, so the fast layers do neither.
+    with 512 KB, which the 1 MB kernel does not fit. Moving the input products
+    of all time steps before the loop and a cuDNN-style backward pass (weight
+    gradients after the loop) were slower, so the fast layers do neither.
     """
 
     config: ModelConfig

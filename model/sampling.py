@@ -140,7 +140,10 @@ def _read_prefix(step_fn, config: ModelConfig, prefix_ids, prefix_len):
 
 
 def _sample_chars(step_fn, state, keys, temperature, top_k, top_p):
-    """Sample one character per key (N, 2) from state (carry, logits); return (state, ids, log_probs)."""
+    """Sample one character per key (N, 2) from state (carry, logits).
+
+    Returns (state, ids int32 (N,), log_probs float32 (N,)).
+    """
     def sample_one(state, key):
         carry, logits = state
         char_id = _next_char(logits, key, temperature, top_k, top_p)
@@ -186,10 +189,11 @@ def generate_ids(params, config: ModelConfig, prefix_ids, prefix_len, key, tempe
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def read_prefix(params, config: ModelConfig, prefix_ids, prefix_len):
-    """Return the sampling state (carry, logits (V,)) after a padded prefix, as `generate_ids` starts.
+    """Return the sampling state (carry, logits (V,)) after a padded prefix.
 
-    With `sample_more` this splits `generate_ids` into pieces, so that a caller can
-    show the first characters while the rest are still to be sampled.
+    It is the state `generate_ids` starts sampling from. With `sample_more`
+    this splits `generate_ids` into pieces, so that a caller can show the first
+    characters while the rest are still to be sampled.
     """
     return _read_prefix(_step_function(params, config, "reference"), config, prefix_ids,
                         prefix_len)

@@ -159,8 +159,9 @@ def stream_generate(models: Models, cell, prefix, num_chars, temperature, top_k,
     def update(num_shown: int) -> tuple:
         panels = []
         for panel, title in enumerate(titles):
-            shown = np.concatenate(log_probs[panel] or [np.zeros(0, np.float32)])[:num_shown]
-            panels += [title, head + "".join(spans[panel][:num_shown]), text_stats(shown)]
+            sampled = np.concatenate(log_probs[panel] or [np.zeros(0, np.float32)])
+            panels += [title, head + "".join(spans[panel][:num_shown]),
+                       text_stats(sampled[:num_shown])]
         return (note, *panels)
 
     yield update(0)
